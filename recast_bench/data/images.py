@@ -1,0 +1,83 @@
+"""Datasets over one source part (decoded on access, or read from the uint8 cache) and a task split's view.
+
+Both image sources return the same uint8 ``[3, S, S]`` tensor for the same row (decode + resize + center crop,
+:func:`recast_bench.data.transforms.preprocess`); :class:`SplitView` picks rows from several parts and applies the
+per-sample transform (flip, normalise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from recast_bench.data.sources import Records
+from recast_bench.data.transforms import load_image, preprocess
+
+
+class DecodedImages(Dataset):
+    """Uncached: decode and resize on every access."""
+
+    def __init__(self, records: Records, size: int) -> None:
+        self.records, self.size = records, size
+        self.labels = records.labels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, i: int) -> torch.Tensor:
+        if self.records.arrays is not None:
+            return preprocess(self.records.arrays[i], self.size)
+        return load_image(self.records.path(i), self.size)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.image(i), int(self.labels[i])
+
+
+class CachedImages(Dataset):
+    """Cached: rows of a ``[N, S, S, 3]`` uint8 ``.npy`` opened with ``mmap_mode="r"`` (random access, no decode).
+
+    The memory map is opened lazily in each process, so DataLoader workers do not pickle the array.
+    """
+
+    def __init__(self, path: str, labels: np.ndarray) -> None:
+        self.path, self.labels = path, labels
+        self._arr: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arr": None}
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._arr is None:
+            self._arr = np.load(self.path, mmap_mode="r")
+        return self._arr
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array[i])).permute(2, 0, 1)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.image(i), int(self.labels[i])
+
+
+class SplitView(Dataset):
+    """One task split: rows ``index[:, 1]`` of parts ``index[:, 0]``, with the per-sample ``transform``."""
+
+    def __init__(self, parts: list[Dataset], index: np.ndarray, transform=None) -> None:  # noqa: ANN001
+        self.parts, self.index, self.transform = parts, np.asarray(index, dtype=np.int64), transform
+        self.labels = np.asarray([parts[p].labels[r] for p, r in self.index], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def raw(self, i: int) -> torch.Tensor:
+        """The uint8 image before the per-sample transform."""
+        p, r = self.index[i]
+        return self.parts[p].image(int(r))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.raw(i)
+        return (self.transform(x) if self.transform is not None else x), int(self.labels[i])

@@ -1,0 +1,103 @@
+"""The paper's six-dataset task stream (section 4, appendix A.1): Flowers102, FGVC-Aircraft, MIT Indoor 67,
+CIFAR-100, CIFAR-10, CUB-200-2011, in that order, at the backbone's image size.
+
+Streams registered here: ``six`` (paper order), ``six_reversed`` and ``six_permuted`` (an order drawn from
+``stream.seed``) for the task-order analysis of appendix A.2. ``stream.tasks`` selects a subset (only those
+datasets are read), ``max_*_per_task`` limit samples (applied by :func:`build_stream`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recast_bench.data.cache import cached_images, cached_json
+from recast_bench.data.images import DecodedImages, SplitView
+from recast_bench.data.sources import PAPER_ORDER, load_source
+from recast_bench.data.splits import dataset_seed, plan_splits
+from recast_bench.data.stream import Task
+from recast_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats, sample_transform
+from recast_bench.errors import UserError
+from recast_bench.registry import STREAMS
+
+
+def _stats(view: SplitView, dataset: str, size: int, cache_dir: str | None, batch: int = 256) -> tuple[list, list]:
+    """Per-channel mean/std of the train split at ``size`` (cached as JSON; key: dataset, size, train rows)."""
+
+    def compute() -> dict:
+        def batches():  # noqa: ANN202
+            for s in range(0, len(view), batch):
+                yield torch.stack([view.raw(i) for i in range(s, min(s + batch, len(view)))])
+
+        mean, std = channel_stats(batches())
+        return {"mean": list(mean), "std": list(std)}
+
+    if cache_dir is None:
+        out = compute()
+    else:
+        key = hashlib.sha256(view.index.tobytes() + view.labels.tobytes()).hexdigest()[:16]
+        out = cached_json(Path(cache_dir) / "stats" / f"{dataset}-train-{size}px-{key}.json", compute)
+    return out["mean"], out["std"]
+
+
+def build_task(name: str, cfg, image_size: int, cache_dir: str | None) -> Task:  # noqa: ANN001 (stream cfg)
+    """One task: read the dataset, split it, and wrap each split with its transform."""
+    src = load_source(name, cfg.root)
+    part_names, index = plan_splits(src, cfg.split, cfg.val_fraction, list(cfg.pooled_fractions), cfg.seed)
+    use_cache = bool(cfg.cache) and cache_dir is not None
+    parts = []
+    for p in part_names:
+        rec = src.pool if p == "pool" else src.splits[p]
+        parts.append(
+            cached_images(rec, name, p, image_size, cache_dir) if use_cache else DecodedImages(rec, image_size)
+        )
+    if cfg.normalization == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif cfg.normalization == "dataset":
+        mean, std = _stats(SplitView(parts, index["train"]), name, image_size, cache_dir if use_cache else None)
+    else:
+        raise UserError(f"stream.normalization must be 'imagenet' or 'dataset', got {cfg.normalization!r}")
+    train_tf, eval_tf = sample_transform(True, mean, std), sample_transform(False, mean, std)
+    return Task(
+        name=name,
+        num_classes=src.num_classes,
+        train=SplitView(parts, index["train"], train_tf),
+        val=SplitView(parts, index["val"], eval_tf),
+        test=SplitView(parts, index["test"], eval_tf),
+    )
+
+
+def _build(order: list[str], cfg, image_size: int, cache_dir: str | None) -> list[Task]:  # noqa: ANN001
+    wanted = list(cfg.tasks) if cfg.tasks else order
+    unknown = [n for n in wanted if n not in order]
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r} in stream.tasks; valid: {', '.join(order)}")
+    # Only the selected datasets are read, so a subset stream works with the others absent.
+    return [build_task(n, cfg, image_size, cache_dir) for n in order if n in wanted]
+
+
+@STREAMS.register("six")
+def six_stream(cfg, image_size: int, cache_dir: str | None = None) -> list[Task]:  # noqa: ANN001
+    """Paper order: flowers102, aircraft, mit67, cifar100, cifar10, cub200."""
+    return _build(list(PAPER_ORDER), cfg, image_size, cache_dir)
+
+
+@STREAMS.register("six_reversed")
+def six_reversed_stream(cfg, image_size: int, cache_dir: str | None = None) -> list[Task]:  # noqa: ANN001
+    """Reverse paper order (task-order analysis, appendix A.2)."""
+    return _build(list(reversed(PAPER_ORDER)), cfg, image_size, cache_dir)
+
+
+def permuted_order(seed: int) -> list[str]:
+    """The paper's tasks in an order drawn from ``seed`` (a given seed always gives the same order)."""
+    rng = np.random.default_rng(dataset_seed(seed, "six_permuted"))
+    return [PAPER_ORDER[i] for i in rng.permutation(len(PAPER_ORDER))]
+
+
+@STREAMS.register("six_permuted")
+def six_permuted_stream(cfg, image_size: int, cache_dir: str | None = None) -> list[Task]:  # noqa: ANN001
+    """A seeded permutation of the paper order (``stream.seed``; task-order analysis, appendix A.2)."""
+    return _build(permuted_order(cfg.seed), cfg, image_size, cache_dir)
