@@ -1,0 +1,7 @@
+"""Baseline methods, one file each, registered by name on import.
+
+Lightning-engine methods subclass ``recast_bench.engine.method.Method``; Avalanche strategies are wrapped by
+``baselines/avalanche_*``. Importing this package registers all of them (no folder scanning).
+"""
+
+from baselines import finetune, linear  # noqa: F401

@@ -1,0 +1,157 @@
+"""The ``recast-bench`` console script: parses arguments, composes the config, calls library functions.
+
+Every user mistake surfaces as one line on stderr and exit code 2 (see :class:`recast_bench.errors.UserError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from recast_bench.errors import UserError
+
+# Subcommands owned by other modules: each exposes ``add_parser(subparsers)`` setting ``func`` on its parser.
+SUBCOMMAND_MODULES = (
+    "recast_bench.recast.cli",
+    "recast_bench.data.cli",
+    "recast_bench.report.cli",
+    "recast_bench.perf",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print usage too)
+        raise UserError(message)
+
+
+def build_run_overrides(args: argparse.Namespace) -> list[str]:
+    """Translate ``run`` flags into Hydra overrides; the method name is parsed by ``parse_method_name`` only."""
+    from recast_bench.registry import parse_method_name
+
+    parts = parse_method_name(args.method)
+    ov = [f"method=[{','.join(parts)}]", f"method_name={'+'.join(parts)}"]
+    if args.backbone:
+        ov.append(f"backbone={args.backbone}")
+    if args.stream:
+        ov.append(f"stream={args.stream}")
+    if args.out:
+        ov.append(f"out={args.out}")
+    if args.seed is not None:
+        ov.append(f"seed={args.seed}")
+    return ov + list(args.overrides)
+
+
+def _check_group_option(group: str, name: str | None) -> None:
+    from recast_bench.config import CONF_DIR
+
+    if name is None:
+        return
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    if name not in options:
+        raise UserError(f"unknown {group} {name!r}; valid: {', '.join(options)}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recast_bench.config import compose_config
+    from recast_bench.engine.loop import run
+
+    _check_group_option("backbone", args.backbone)
+    _check_group_option("stream", args.stream)
+    overrides = build_run_overrides(args)
+    if args.experiment:
+        overrides.insert(0, f"+experiment={args.experiment}")
+    cfg = compose_config(overrides)
+    res = run(cfg)
+    print_summary([res])
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from recast_bench.registry import BACKBONES, METHODS, STREAMS, all_method_names, load_all
+
+    load_all()
+    print("methods:   " + " ".join(all_method_names()))
+    print("backbones: " + " ".join(BACKBONES.names()))
+    print("streams:   " + " ".join(STREAMS.names()))
+    if args.verbose:
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"  {name:<12} families={','.join(cls.families):<11} isolates={cls.isolates_tasks!s:<5} {doc}")
+    return 0
+
+
+def print_summary(results: list[dict]) -> None:
+    """One row per run: average accuracy, backward transfer, per-task parameters and bytes, time."""
+    header = f"{'method':<22}{'backbone':<12}{'avg acc':>9}{'bwt':>8}{'params/task':>13}{'bytes/task':>12}{'wall s':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        params = max((p for p in r["trainable_params_per_task"] if p is not None), default=0)
+        size = max((b for b in r["bytes_per_task"] if b is not None), default=0)
+        avg = r["avg_acc"] if r["avg_acc"] is not None else float("nan")
+        bwt = r["bwt"] if r["bwt"] is not None else float("nan")
+        print(f"{r['method']:<22}{r['backbone']:<12}{avg:>9.2f}{bwt:>8.2f}{params:>13,}{size:>12,}{r['wall_s']:>9.1f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="recast-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    lp = sub.add_parser("list", help="registered methods, backbones and streams")
+    lp.add_argument("-v", "--verbose", action="store_true")
+    lp.set_defaults(func=cmd_list)
+
+    rp = sub.add_parser("run", help="run one method over a task stream (resumes an existing --out)")
+    rp.add_argument("--method", required=True, help="a method name, or recast+NAME")
+    rp.add_argument("--backbone", help="backbone config (conf/backbone/)")
+    rp.add_argument("--stream", help="stream config (conf/stream/)")
+    rp.add_argument("--out", help="output directory (default runs/<method>-<backbone>-<stream>-s<seed>)")
+    rp.add_argument("--seed", type=int)
+    rp.add_argument("--experiment", help="an entry of conf/experiment/")
+    rp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.epochs=5 method.recast.groups=3")
+    rp.set_defaults(func=cmd_run)
+
+    for mod in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and mod.startswith(e.name):
+                continue  # that part of the project is not installed in this checkout
+            raise
+        module.add_parser(sub)
+    return p
+
+
+def quiet_libraries() -> None:
+    """Keep stderr for our own progress lines: Lightning's device banners and tips repeat for every task."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401  (configures its loggers on import; lower them afterwards)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless the user asks
+    quiet_libraries()
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"recast-bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recast-bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

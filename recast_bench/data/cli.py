@@ -1,0 +1,128 @@
+"""``recast-bench data check|download``: report which of the six datasets are in place, and fetch the ones
+torchvision can download (CIFAR-10/100, Flowers102, FGVC-Aircraft). MIT67 and CUB-200 need a manual download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recast_bench.data.sources import PAPER_ORDER, SPECS, load_source
+from recast_bench.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def check_rows(root: str | Path) -> list[dict]:
+    """One row per dataset: status, and found vs expected classes and official split sizes (no image decoded)."""
+    rows = []
+    for name in PAPER_ORDER:
+        spec = SPECS[name]
+        exp = spec.expected
+        row: dict = {"dataset": name, "expected": exp}
+        try:
+            src = load_source(name, root)
+        except UserError as e:
+            row["status"] = "missing" if " not found under " in str(e) else "incomplete"
+            row["detail"] = str(e)
+            rows.append(row)
+            continue
+        found = {s: len(r) for s, r in src.splits.items()}
+        if src.pool is not None:
+            found["pool"] = len(src.pool)
+        row.update(classes=src.num_classes, counts=found)
+        same = src.num_classes == exp.classes and all(found.get(s, 0) == n for s, n in exp.splits.items())
+        row["status"] = "ok" if same else "counts differ"
+        rows.append(row)
+    return rows
+
+
+def _cell(found: int | None, expected: int | None) -> str:
+    if expected is None and found is None:
+        return "-"
+    return f"{'-' if found is None else found}/{'-' if expected is None else expected}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table: each count is ``found/expected``; the last column is the paper's Table 3."""
+    head = ["dataset", "status", "classes", *SPLITS, "all images", "paper Table 3 (classes, samples)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        e, c = r["expected"], r.get("counts", {})
+        cells = [
+            r["dataset"],
+            r["status"],
+            _cell(r.get("classes"), e.classes),
+            *(_cell(c.get(s), e.splits.get(s)) for s in SPLITS),
+            _cell(c.get("pool"), e.pool),
+            f"{e.paper_classes}, {e.paper_samples}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    rows = check_rows(args.root)
+    print(f"data root: {Path(args.root).resolve()}")
+    print(format_table(rows))
+    for r in rows:
+        if "detail" in r:
+            print(f"- {r['detail']}")
+    n_ok = sum(r["status"] in ("ok", "counts differ") for r in rows)
+    print(f"{n_ok}/{len(rows)} datasets present.")
+    return 0  # a report: missing datasets are not an error
+
+
+def _names(only: str | None) -> list[str]:
+    if not only:
+        return list(PAPER_ORDER)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    bad = [n for n in names if n not in SPECS]
+    if bad:
+        raise UserError(f"unknown dataset {bad[0]!r} in --only; valid: {', '.join(PAPER_ORDER)}")
+    return names
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name in _names(args.only):
+        spec = SPECS[name]
+        if spec.download is None:
+            print(f"{name}: manual download from {spec.source}; place it as {root}/{spec.layout}")
+            continue
+        print(f"{name}: downloading to {root} ...", flush=True)
+        try:
+            spec.download(root)
+        except Exception as e:  # network errors come in many types; report and go on with the others
+            failed.append(name)
+            print(f"{name}: download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                  file=sys.stderr)
+    if failed:
+        print(f"failed: {', '.join(failed)} (no network? see data/README.md for manual placement)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Entry point of ``recast-bench data``."""
+    if getattr(args, "data_cmd", None) is None:
+        args.data_parser.print_help()
+        return 2
+    return args.data_func(args)
+
+
+def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubParsersAction)
+    """Register ``data`` with its ``check`` and ``download`` subcommands; sets ``func=handler``."""
+    p = subparsers.add_parser("data", help="check or download the six datasets of the paper's stream")
+    sub = p.add_subparsers(dest="data_cmd")
+    c = sub.add_parser("check", help="report which datasets are present, with class and sample counts")
+    c.add_argument("--root", default="data", help="data root (default: data)")
+    c.set_defaults(data_func=cmd_check)
+    d = sub.add_parser("download", help="download CIFAR-10/100, Flowers102, FGVC-Aircraft (needs network)")
+    d.add_argument("--root", default="data", help="data root (default: data)")
+    d.add_argument("--only", default=None, help="comma-separated dataset names (default: all six)")
+    d.set_defaults(data_func=cmd_download)
+    p.set_defaults(func=handler, data_parser=p)

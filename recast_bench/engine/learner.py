@@ -1,0 +1,206 @@
+"""Learners run one task at a time for the task loop. ``LightningLearner`` is the engine's own.
+
+The loop (``engine/loop.py``) only talks to this small protocol, so the Avalanche strategies plug into the same
+resume, results and checkpoint logic through their own learner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Protocol
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from recast_bench.config import TrainerConfig
+from recast_bench.data.stream import Task
+from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
+from recast_bench.engine.evaluate import accuracy
+from recast_bench.engine.method import Method, assign_state
+from recast_bench.engine.model import TaskModel, head_key
+from recast_bench.engine.module import TaskModule, count
+from recast_bench.errors import UserError
+from recast_bench.seed import loader_generator, worker_init
+
+STATE_FILE = "state.safetensors"
+HEAD_FILE = "head.safetensors"
+
+
+class Learner(Protocol):
+    isolates_tasks: bool
+
+    def fit_task(self, t: int, task: Task) -> dict: ...
+    def save_task(self, t: int, task: Task, task_dir: Path) -> dict: ...
+    def load_task(self, t: int, task: Task, task_dir: Path) -> None: ...
+    def save_shared(self, path: Path) -> None: ...
+    def load_shared(self, path: Path) -> None: ...
+    def evaluate(self, t: int, task: Task) -> float: ...
+
+
+def make_loader(ds, batch_size: int, shuffle: bool, tcfg: TrainerConfig, seed: int) -> DataLoader:  # noqa: ANN001
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=tcfg.num_workers,
+        worker_init_fn=worker_init,
+        generator=loader_generator(seed),
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+class LightningLearner:
+    """Trains each task with Lightning, selects the epoch on val, and restores a task's state to evaluate it."""
+
+    def __init__(self, model: TaskModel, method: Method, tcfg: TrainerConfig, seed: int, fingerprint: str,
+                 callbacks_factory=None, device: torch.device | None = None) -> None:  # noqa: ANN001
+        self.model = model
+        self.method = method
+        self.tcfg = tcfg
+        self.seed = seed
+        self.fingerprint = fingerprint
+        self.callbacks_factory = callbacks_factory
+        self.isolates_tasks = method.isolates_tasks
+        self.device = device or torch.device("cpu")
+        self._states: dict[int, dict[str, torch.Tensor]] = {}
+        self._current: int | None = None
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def trainable(self, t: int) -> dict[str, torch.nn.Parameter]:
+        """Freeze everything, then unfreeze exactly the method's parameters and task ``t``'s head."""
+        m = self.model
+        m.requires_grad_(False)
+        params = dict(self.method.task_parameters(m))
+        params.update(self.method.shared_parameters(m))
+        params.update({f"heads.{head_key(t)}.{k}": p for k, p in m.heads[head_key(t)].named_parameters()})
+        for p in params.values():
+            p.requires_grad_(True)
+        return params
+
+    def fit_task(self, t: int, task: Task) -> dict:
+        m = self.model
+        m.active_task = t
+        train_loader = make_loader(task.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t)
+        val_loader = make_loader(task.val, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
+        self.method.on_task_start(m, t, task, train_loader)
+        m.add_head(t, task.num_classes)
+        trainable = self.trainable(t)
+        best: dict = {"acc": -1.0, "epoch": -1, "state": None}
+
+        def snapshot() -> dict[str, torch.Tensor]:
+            s = {f"task/{k}": v for k, v in self._task_state(t).items()}
+            if not self.isolates_tasks:
+                s.update({f"shared/{k}": v for k, v in self.method.shared_state(m).items()})
+            return s
+
+        def on_val(epoch: int, acc: float) -> None:
+            # ">" keeps the earliest best epoch, so ties resolve deterministically.
+            if acc > best["acc"]:
+                best.update(acc=acc, epoch=epoch, state=snapshot())
+
+        module = TaskModule(m, self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
+        callbacks = self.callbacks_factory(t, task) if self.callbacks_factory else []
+        trainer = L.Trainer(
+            max_epochs=self.tcfg.epochs,
+            accelerator=self.tcfg.accelerator,
+            devices=self.tcfg.devices,
+            num_nodes=self.tcfg.num_nodes,
+            strategy=self.tcfg.strategy,
+            precision=self.tcfg.precision,
+            deterministic=self.tcfg.deterministic,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=bool(self.tcfg.progress_bar),
+            num_sanity_val_steps=0,
+            check_val_every_n_epoch=self.tcfg.check_val_every_n_epoch,
+            gradient_clip_val=self.tcfg.grad_clip,
+            callbacks=callbacks,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        train_s = time.perf_counter() - start
+        self.device = module.device
+        if best["state"] is not None:  # restore the epoch selected on val
+            st = best["state"]
+            self._load_task_state(t, {k[5:]: v for k, v in st.items() if k.startswith("task/")})
+            shared = {k[7:]: v for k, v in st.items() if k.startswith("shared/")}
+            if shared:
+                self.method.load_shared_state(m, shared)
+        m.requires_grad_(False)
+        self.method.on_task_end(m, t, task, train_loader)
+        self._states[t] = self._task_state(t)
+        self._current = t
+        return {
+            "val_acc": best["acc"] if best["epoch"] >= 0 else None,
+            "best_epoch": best["epoch"],
+            "train_s": train_s,
+            "trainable_params": count(self.method.task_parameters(m)) + count(self.method.shared_parameters(m)),
+            "head_params": count(dict(m.heads[head_key(t)].named_parameters())),
+        }
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def _task_state(self, t: int) -> dict[str, torch.Tensor]:
+        state = self.method.task_state(self.model)
+        return {**state, **{f"heads.{head_key(t)}.{k}": v.detach().clone() for k, v in self._head(t).items()}}
+
+    def _head(self, t: int) -> dict[str, torch.Tensor]:
+        return dict(self.model.heads[head_key(t)].state_dict())
+
+    def _load_task_state(self, t: int, state: dict[str, torch.Tensor]) -> None:
+        prefix = f"heads.{head_key(t)}."
+        own = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        head = {k: v for k, v in state.items() if k.startswith(prefix)}
+        self.method.load_task_state(self.model, own)
+        assign_state(self.model, head)
+
+    def save_task(self, t: int, task: Task, task_dir: Path) -> dict:
+        state = self._states[t]
+        prefix = f"heads.{head_key(t)}."
+        meta = {"fingerprint": self.fingerprint, "task": task.name, "task_index": str(t)}
+        own = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        n_bytes = save_tensors(task_dir / STATE_FILE, own, meta) if own else 0
+        head_bytes = save_tensors(task_dir / HEAD_FILE, head, meta)
+        return {"bytes": n_bytes, "head_bytes": head_bytes}
+
+    def load_task(self, t: int, task: Task, task_dir: Path) -> None:
+        """Rebuild task ``t``'s head and state from disk (resume); refuses files of another run config."""
+        for name in (STATE_FILE, HEAD_FILE):
+            f = task_dir / name
+            if f.exists() and tensor_metadata(f).get("fingerprint") != self.fingerprint:
+                raise UserError(f"{f} was written by a run with another backbone or config; use another --out")
+        head = load_tensors(task_dir / HEAD_FILE)
+        self.model.add_head(t, int(head["weight"].shape[0]))
+        own = load_tensors(task_dir / STATE_FILE) if (task_dir / STATE_FILE).exists() else {}
+        prefix = f"heads.{head_key(t)}."
+        try:
+            self._load_task_state(t, {**own, **{prefix + k: v for k, v in head.items()}})
+        except ValueError as e:
+            raise UserError(f"checkpoint {task_dir} does not fit this model: {e}") from None
+        self._states[t] = self._task_state(t)
+
+    def save_shared(self, path: Path) -> None:
+        state = self.method.shared_state(self.model)
+        if state:
+            save_tensors(path, state, {"fingerprint": self.fingerprint})
+
+    def load_shared(self, path: Path) -> None:
+        if path.exists():
+            if tensor_metadata(path).get("fingerprint") != self.fingerprint:
+                raise UserError(f"{path} was written by a run with another backbone or config; use another --out")
+            self.method.load_shared_state(self.model, load_tensors(path))
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self, t: int, task: Task) -> float:
+        if self._current != t:
+            self._load_task_state(t, self._states[t])
+            self._current = t
+        loader = make_loader(task.test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
+        self.model.to(self.device)
+        with contextlib.nullcontext():
+            return accuracy(self.model, t, loader, task.num_classes, self.device)

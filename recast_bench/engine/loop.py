@@ -1,0 +1,201 @@
+"""``run(cfg)``: the task-incremental loop, with resume after the last completed task.
+
+For each task: the method prepares its parameters, Lightning fits on train (epoch selected on val), the task's
+state is saved under ``<out>/tasks/<task>/``, then every task seen so far is evaluated on test under its own
+restored state. ``results.json`` is rewritten atomically after every task, so a killed run resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recast_bench.backbones import build_backbone, get_spec, num_features
+from recast_bench.config import TrainerConfig
+from recast_bench.data.stream import build_stream
+from recast_bench.engine.build import build_method
+from recast_bench.engine.checkpoint import RunLock, read_json, write_json
+from recast_bench.engine.learner import LightningLearner
+from recast_bench.engine.logging import EpochMetrics, finish_logger, log_task_results, make_logger
+from recast_bench.engine.method import RunContext
+from recast_bench.engine.model import TaskModel
+from recast_bench.engine.results import new_results, summarise
+from recast_bench.errors import UserError
+from recast_bench.registry import load_all
+from recast_bench.seed import seed_everything
+
+RESULTS = "results.json"
+SHARED = "shared.safetensors"
+# Keys that change how a run is displayed or where it runs, not what it computes.
+_NOT_FINGERPRINTED = {"out", "logger", "progress_bar", "num_workers"}
+
+
+def fingerprint(cfg: dict) -> str:
+    """Hash of everything that determines the results, so a resume never mixes two configurations."""
+
+    def strip(d):  # noqa: ANN001, ANN202
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k not in _NOT_FINGERPRINTED}
+        return d
+
+    return hashlib.sha256(json.dumps(strip(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def prepare_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable ({e.strerror})") from None
+
+
+def task_dir(out: Path, name: str) -> Path:
+    return out / "tasks" / name
+
+
+def run(cfg: DictConfig, echo: bool = True) -> dict:
+    """Run (or resume) one method over one stream; returns the results dict also written to ``results.json``."""
+    load_all()
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)  # type: ignore[assignment]
+    if tcfg.epochs < 1:
+        raise UserError(f"trainer.epochs must be >= 1, got {tcfg.epochs}")
+    if tcfg.progress_bar is None:
+        tcfg.progress_bar = sys.stderr.isatty()
+    spec = get_spec(cfg.backbone.name)
+    method = build_method(cfg.method_name, cfg.method, spec.family)  # validates names and values up front
+    out = Path(cfg.out)
+    fp = fingerprint(plain)
+
+    prepare_out_dir(out)
+    with RunLock(out):
+        prev = None
+        if (out / RESULTS).exists():
+            prev = read_json(out / RESULTS)
+            if prev.get("fingerprint") != fp:
+                raise UserError(f"{out} holds a run with another method, backbone or config; use another --out")
+            if prev.get("status") == "complete":
+                if echo:
+                    print(f"{out}: already complete, nothing to do", file=sys.stderr)
+                return prev
+        return _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo)
+
+
+def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  # noqa: ANN001
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    image_size = cfg.backbone.image_size or spec.image_size
+    tasks = build_stream(cfg.stream, image_size=image_size, cache_dir=cfg.paths.cache_dir)
+    backbone, spec, weights_path = build_backbone(
+        spec.name, cfg.backbone.weights, cfg.paths.weights_dir, cfg.backbone.allow_random_init
+    )
+    model = TaskModel(backbone, num_features(backbone))
+    method.ctx = RunContext(
+        backbone_name=spec.name,
+        family=spec.family,
+        weights_path=weights_path,
+        cache_dir=str(cfg.paths.cache_dir),
+        out_dir=str(out),
+        seed=seed,
+        image_size=image_size,
+        device="cuda" if (tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()) else "cpu",
+    )
+    method.setup(model)
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
+
+    res = prev or new_results(
+        cfg.method_name, spec.name, cfg.stream.name, seed, [t.name for t in tasks], plain,
+        fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
+        isolates_tasks=method.isolates_tasks, weights=weights_path, versions=_versions(),
+    )  # fmt: skip
+    if res["tasks"] != [t.name for t in tasks]:
+        raise UserError(f"{out} holds a run over tasks {res['tasks']}, not this stream; use another --out")
+    logger = make_logger(cfg.logger, out, f"{cfg.method_name}-{spec.name}-s{seed}", plain)
+    step = {"n": int(res.get("log_step", 0))}
+
+    def callbacks(t: int, task) -> list:  # noqa: ANN001
+        cb = EpochMetrics(logger, t, task.name, step["n"])
+        step["cb"] = cb
+        return [cb]
+
+    if method.runner == "avalanche":
+        learner = method.make_learner(model, tasks, tcfg, seed, fp)  # type: ignore[attr-defined]
+    else:
+        learner = LightningLearner(model, method, tcfg, seed, fp, callbacks_factory=callbacks)
+
+    done = int(res["completed_tasks"])
+    if done:  # resume: restore shared state and every completed task's state
+        learner.load_shared(out / SHARED)
+        for t in range(done):
+            learner.load_task(t, tasks[t], task_dir(out, tasks[t].name))
+        if echo:
+            print(f"resuming {out} after task {done} of {len(tasks)}", file=sys.stderr)
+
+    for t in range(done, len(tasks)):
+        task = tasks[t]
+        start = time.perf_counter()
+        seed_everything(seed + 1000 * (t + 1))  # per-task seed: a resumed run replays exactly
+        stats = learner.fit_task(t, task)
+        sizes = learner.save_task(t, task, task_dir(out, task.name))
+        learner.save_shared(out / SHARED)
+        row = res["acc_matrix"][t]
+        for j in range(t + 1):
+            row[j] = learner.evaluate(j, tasks[j])
+        if "cb" in step:
+            step["n"] = step["cb"].step
+        res["val_acc"][t] = stats.get("val_acc")
+        res["best_epoch"][t] = stats.get("best_epoch")
+        res["trainable_params_per_task"][t] = stats["trainable_params"]
+        res["head_params_per_task"][t] = stats["head_params"]
+        res["bytes_per_task"][t] = sizes["bytes"]
+        res["head_bytes_per_task"][t] = sizes["head_bytes"]
+        res["train_s_per_task"][t] = stats.get("train_s")
+        res["completed_tasks"] = t + 1
+        res["wall_s"] = float(res["wall_s"]) + time.perf_counter() - start
+        res["peak_mem_mb"] = max(float(res["peak_mem_mb"]), peak_mem_mb(getattr(learner, "device", torch.device("cpu"))))
+        res["log_step"] = step["n"]
+        summarise(res)
+        log_task_results(logger, res, step["n"])
+        step["n"] += 1
+        res["log_step"] = step["n"]
+        write_json(out / RESULTS, res)
+        if echo:
+            accs = " ".join(f"{a:.1f}" for a in row[: t + 1])
+            print(f"[{cfg.method_name}] task {t + 1}/{len(tasks)} {task.name}: test acc {accs}", file=sys.stderr)
+
+    res["status"] = "complete"
+    write_json(out / RESULTS, res)
+    finish_logger(logger, res)
+    return res
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import timm
+    import torchvision
+
+    import recast_bench
+
+    return {
+        "recast_bench": recast_bench.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+    }

@@ -1,0 +1,248 @@
+"""The method contract: a small set of hooks the engine calls, and the generic RECAST+X composition.
+
+A method owns three decisions and nothing else:
+
+* surgery on the backbone, once, before the first task (:meth:`Method.setup`);
+* which parameters and buffers are *task-specific* (:meth:`Method.task_parameters`, :meth:`Method.task_buffers`)
+  or *shared but trained* (:meth:`Method.shared_parameters`, e.g. fine-tuning);
+* optional training-time extras (regularisers, gradient masks, schedules) through the hooks below.
+
+The engine owns freezing (everything not returned above is frozen), heads, optimisation, model selection,
+saving exactly :meth:`Method.task_state` per task and restoring it to evaluate that task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from recast_bench.data.stream import Task
+    from recast_bench.engine.model import TaskModel
+
+
+@dataclass
+class MethodConfig:
+    """Optimisation defaults shared by every method; a method's own dataclass subclasses this."""
+
+    lr: float = 2e-3
+    """Paper section 3: AdamW with 2e-3 to 5e-3 for RECAST, MeLo, AdaptFormer, RoSA, DoRA."""
+    weight_decay: float = 1e-6
+    """Paper section 3: 1e-6."""
+    optimizer: str = "adamw"
+    """``adamw``, ``adam`` or ``sgd`` (HAT uses plain SGD)."""
+    momentum: float = 0.0
+    """Only for ``sgd``."""
+    head_lr: float | None = None
+    """Learning rate of the task head; ``None`` uses ``lr``."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in ("adamw", "adam", "sgd"):
+            raise ValueError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
+
+
+@dataclass
+class RunContext:
+    """What a method may need to know about the run beyond its own config."""
+
+    backbone_name: str = ""
+    family: str = ""
+    """``vit`` or ``resnet``."""
+    weights_path: str | None = None
+    """The local pretrained weight file the backbone was loaded from (``None``: random init)."""
+    cache_dir: str = "data/cache"
+    """Where expensive, reusable artifacts go (e.g. Neural Mimicry results, keyed by hash)."""
+    out_dir: str | None = None
+    seed: int = 0
+    image_size: int = 224
+    device: str = "cpu"
+
+
+class Method:
+    """Base class of every Lightning-engine method. Subclasses override only the hooks they need."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    families: ClassVar[tuple[str, ...]] = ("vit", "resnet")
+    """Backbone families the method supports (``vit``, ``resnet``)."""
+    composable: ClassVar[bool] = False
+    """True when ``recast+<name>`` is meaningful: the method adapts whatever weights the layers produce."""
+    isolates_tasks: ClassVar[bool] = True
+    """True when training task t leaves every earlier task's outputs bit-for-bit unchanged."""
+    runner: ClassVar[str] = "lightning"
+    """``lightning`` (our engine) or ``avalanche`` (the method supplies its own learner)."""
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+        self.ctx = RunContext()
+        """Set by the engine before :meth:`setup`."""
+
+    # ---- structure -------------------------------------------------------------------------------------------
+    def setup(self, model: TaskModel) -> None:
+        """Modify ``model.backbone`` once, before the first task (replace layers, insert adapters)."""
+
+    def task_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        """Backbone parameters trained for, and stored with, the current task (qualified names in ``model``)."""
+        return {}
+
+    def task_buffers(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        """Untrained per-task state stored with the task (masks, BN statistics)."""
+        return {}
+
+    def shared_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        """Backbone parameters trained across tasks and not isolated (fine-tuning)."""
+        return {}
+
+    def shared_buffers(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        """Buffers that change across tasks and must be saved to resume (e.g. fine-tuned BN statistics)."""
+        return {}
+
+    def no_weight_decay(self, model: TaskModel) -> set[str]:
+        """Names of trained parameters that must not be weight-decayed (RECAST coefficients)."""
+        return set()
+
+    # ---- task lifecycle ----------------------------------------------------------------------------------------
+    def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
+        """Reset or initialise this task's parameters. ``train_loader`` allows data-driven init (RoSA, InfLoRA)."""
+
+    def on_task_end(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
+        """Consolidate after training (e.g. InfLoRA's subspace update, HAT's cumulative mask)."""
+
+    # ---- training-time hooks -------------------------------------------------------------------------------------
+    def on_train_batch_start(self, model: TaskModel, batch_idx: int, num_batches: int, epoch: int) -> None:
+        """Per-batch schedules (HAT's annealed gate temperature)."""
+
+    def training_loss(self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return the loss to minimise; add regularisers here."""
+        return loss
+
+    def on_after_backward(self, model: TaskModel) -> None:
+        """Gradient surgery (HAT's masks and compensation)."""
+
+    def on_after_optimizer_step(self, model: TaskModel) -> None:
+        """Post-step projections or clamps."""
+
+    # ---- state -------------------------------------------------------------------------------------------------
+    def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        """Everything needed to restore this task's backbone behaviour (heads are saved by the engine)."""
+        state = {k: v.detach() for k, v in self.task_parameters(model).items()}
+        state.update({k: v.detach() for k, v in self.task_buffers(model).items()})
+        return {k: v.clone().contiguous() for k, v in state.items()}
+
+    def load_task_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`task_state`."""
+        assign_state(model, state)
+
+    def shared_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        state = {k: v.detach() for k, v in self.shared_parameters(model).items()}
+        state.update({k: v.detach() for k, v in self.shared_buffers(model).items()})
+        return {k: v.clone().contiguous() for k, v in state.items()}
+
+    def load_shared_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
+        assign_state(model, state)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+def assign_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model`` by qualified name; unknown names or shape mismatches raise ``ValueError``."""
+    current = dict(model.named_parameters())
+    current.update(dict(model.named_buffers()))
+    unknown = sorted(set(state) - set(current))
+    if unknown:
+        raise ValueError(f"state has {len(unknown)} entries this model lacks, e.g. {unknown[0]!r}")
+    with torch.no_grad():
+        for k, v in state.items():
+            dst = current[k]
+            if dst.shape != v.shape:
+                raise ValueError(f"state entry {k!r} has shape {tuple(v.shape)}, model expects {tuple(dst.shape)}")
+            dst.copy_(v)
+
+
+def merge_dicts(dicts: Iterable[dict]) -> dict:
+    out: dict = {}
+    for d in dicts:
+        out.update(d)
+    return out
+
+
+class CompositeMethod(Method):
+    """``recast+X``: RECAST generates the weights and X adapts them; both train per task.
+
+    Setup runs in order (RECAST surgery first, so X wraps the generated-weight layers); state and hooks are the
+    union of both. X must read its base layer's ``weight`` at forward time, which is what makes this generic.
+    """
+
+    def __init__(self, parts: list[Method]) -> None:
+        super().__init__(parts[0].cfg)
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+        self.families = tuple(f for f in parts[0].families if all(f in p.families for p in parts))
+        self.isolates_tasks = all(p.isolates_tasks for p in parts)
+
+    def setup(self, model: TaskModel) -> None:
+        for p in self.parts:
+            p.ctx = self.ctx
+            p.setup(model)
+
+    def task_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        return merge_dicts(p.task_parameters(model) for p in self.parts)
+
+    def task_buffers(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        return merge_dicts(p.task_buffers(model) for p in self.parts)
+
+    def shared_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        return merge_dicts(p.shared_parameters(model) for p in self.parts)
+
+    def shared_buffers(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        return merge_dicts(p.shared_buffers(model) for p in self.parts)
+
+    def no_weight_decay(self, model: TaskModel) -> set[str]:
+        return set().union(*(p.no_weight_decay(model) for p in self.parts))
+
+    def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
+        for p in self.parts:
+            p.on_task_start(model, task_index, task, train_loader)
+
+    def on_task_end(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
+        for p in self.parts:
+            p.on_task_end(model, task_index, task, train_loader)
+
+    def on_train_batch_start(self, model: TaskModel, batch_idx: int, num_batches: int, epoch: int) -> None:
+        for p in self.parts:
+            p.on_train_batch_start(model, batch_idx, num_batches, epoch)
+
+    def training_loss(self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for p in self.parts:
+            loss = p.training_loss(model, loss, logits, y)
+        return loss
+
+    def on_after_backward(self, model: TaskModel) -> None:
+        for p in self.parts:
+            p.on_after_backward(model)
+
+    def on_after_optimizer_step(self, model: TaskModel) -> None:
+        for p in self.parts:
+            p.on_after_optimizer_step(model)
+
+    def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        return merge_dicts(p.task_state(model) for p in self.parts)
+
+    def load_task_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
+        for p in self.parts:
+            own = set(p.task_state(model))
+            p.load_task_state(model, {k: v for k, v in state.items() if k in own})
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "parts": [p.describe() for p in self.parts]}

@@ -1,0 +1,35 @@
+"""The task-incremental network: one shared backbone plus one classification head per task."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def head_key(task_index: int) -> str:
+    """Key of task ``task_index``'s head in :attr:`TaskModel.heads` (ModuleDict keys must be strings)."""
+    return f"t{task_index}"
+
+
+class TaskModel(nn.Module):
+    """A backbone mapping images to ``[B, num_features]`` features, and a head per task.
+
+    ``active_task`` tells task-conditioned modules (HAT gates, per-task BN) which task is running; the engine sets
+    it before training or evaluating a task.
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.heads = nn.ModuleDict()
+        self.active_task = 0
+
+    def add_head(self, task_index: int, num_classes: int) -> nn.Linear:
+        head = nn.Linear(self.num_features, num_classes)
+        self.heads[head_key(task_index)] = head
+        return head
+
+    def forward(self, x: torch.Tensor, task_index: int | None = None) -> torch.Tensor:
+        t = self.active_task if task_index is None else task_index
+        return self.heads[head_key(t)](self.backbone(x))

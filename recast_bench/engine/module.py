@@ -1,0 +1,133 @@
+"""The one task-incremental LightningModule: trains the current task's head and the method's parameters."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from recast_bench.config import TrainerConfig
+from recast_bench.engine.method import Method
+from recast_bench.engine.model import TaskModel
+from recast_bench.errors import UserError
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged; the message names the task and the step."""
+
+
+def lr_step_size(tcfg: TrainerConfig) -> int:
+    """The paper decays every 33 of 100 epochs; shorter runs keep the same proportion."""
+    if tcfg.scale_lr_steps and tcfg.epochs < 100:
+        return max(1, round(tcfg.lr_step_epochs * tcfg.epochs / 100))
+    return tcfg.lr_step_epochs
+
+
+class TaskModule(L.LightningModule):
+    """Trains task ``task_index``: cross-entropy on its head plus the method's extra losses and gradient hooks."""
+
+    def __init__(
+        self,
+        model: TaskModel,
+        method: Method,
+        task_index: int,
+        task_name: str,
+        num_classes: int,
+        trainable: dict[str, nn.Parameter],
+        tcfg: TrainerConfig,
+        on_val_acc: Callable[[int, float], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.task_index = task_index
+        self.task_name = task_name
+        self.trainable = trainable
+        self.tcfg = tcfg
+        self.on_val_acc = on_val_acc
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
+        # training task t would silently change the statistics every earlier task is evaluated with.
+        self._frozen_bn = [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.task_index)
+
+    def on_train_batch_start(self, batch: tuple, batch_idx: int) -> None:
+        for m in self._frozen_bn:
+            m.eval()
+        self.model.active_task = self.task_index
+        self.method.on_train_batch_start(self.model, batch_idx, int(self.trainer.num_training_batches), self.current_epoch)
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.method.training_loss(self.model, F.cross_entropy(logits, y), logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss.item()}) in task {self.task_index} ({self.task_name}) at epoch "
+                f"{self.current_epoch}, step {self.global_step}; lower the learning rate"
+            )
+        self.train_acc.update(logits.detach(), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute() * 100.0, prog_bar=True)
+        self.train_acc.reset()
+
+    def on_after_backward(self) -> None:
+        self.method.on_after_backward(self.model)
+
+    def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (Lightning's signature)
+        super().optimizer_step(*args, **kwargs)
+        self.method.on_after_optimizer_step(self.model)
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        x, y = batch
+        self.model.active_task = self.task_index
+        self.val_acc.update(self(x), y)
+
+    def on_validation_epoch_end(self) -> None:
+        acc = float(self.val_acc.compute().item()) * 100.0
+        self.val_acc.reset()
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        if self.on_val_acc is not None and not self.trainer.sanity_checking:
+            self.on_val_acc(self.current_epoch, acc)
+
+    def configure_optimizers(self) -> dict:
+        cfg = self.method.cfg
+        no_decay = self.method.no_weight_decay(self.model)
+        head_prefix = "heads."
+        groups: dict[tuple, list[nn.Parameter]] = {}
+        for name, p in self.trainable.items():
+            lr = cfg.head_lr if (name.startswith(head_prefix) and cfg.head_lr) else cfg.lr
+            wd = 0.0 if name in no_decay else cfg.weight_decay
+            groups.setdefault((lr, wd), []).append(p)
+        params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr)
+        elif cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step_size(self.tcfg), gamma=self.tcfg.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def count(params: dict[str, torch.Tensor]) -> int:
+    return int(sum(p.numel() for p in params.values()))
+
+
+def is_finite_number(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
