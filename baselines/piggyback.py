@@ -1,0 +1,205 @@
+"""Piggyback (Mallya, Davis & Lazebnik, ECCV 2018): a learnt binary mask per weight, per task, on a frozen backbone.
+
+Each target layer keeps its pretrained weight ``W`` frozen and learns a real-valued mask ``m`` of the same shape;
+the forward pass uses ``y = layer(x, 1[m > threshold] * W)`` and the hard threshold is trained with a
+straight-through estimator (the gradient w.r.t. the binary mask is passed to ``m`` unchanged). Defaults follow the
+official code (arunmallya/piggyback, ``src/modnets/layers.py`` and ``scripts/run_piggyback_training.sh``): mask init
+1e-2, threshold 5e-3, Adam with lr 1e-4 for masks and classifier. BatchNorm stays frozen in eval mode (the engine
+keeps every BN without trainable parameters in eval). The official binariser is an old-style autograd Function
+that current torch rejects; :class:`Binarize` is a static-method Function with the same semantics.
+
+Targets: every ResNet convolution (stem, block convs, 1x1 downsample projections unless ``skip_downsample``) or every
+ViT block linear (``qkv``, ``proj``, ``fc1``, ``fc2``, plus the patch embedding unless ``include_stem`` is false).
+
+Per-task state: the *binarised* masks only, packed 8 weights per byte (same bit order as ``numpy.packbits``), i.e.
+1 bit per weight; the real-valued mask exists only while a task trains. The reported per-task count is the number
+of mask entries. For ``recast+piggyback`` the mask multiplies the generated weight: ``W_recast * M``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines._resnet import conv_forward, is_conv_like, is_linear_like, linear_forward, resnet_convs, set_submodule
+from recast_bench.engine.method import Method, MethodConfig
+from recast_bench.errors import UserError
+from recast_bench.registry import METHODS
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from recast_bench.data.stream import Task
+    from recast_bench.engine.model import TaskModel
+
+BITS_SUFFIX = "mask_bits"
+"""Task-state key suffix of a layer's packed binary mask."""
+
+
+@dataclass
+class PiggybackConfig(MethodConfig):
+    """Piggyback settings; defaults from the official ``run_piggyback_training.sh`` and ``modnets/layers.py``."""
+
+    lr: float = 1e-4
+    """LR_MASK=1e-4 (the classifier also uses LR_CLASS=1e-4)."""
+    weight_decay: float = 0.0
+    """The official mask optimiser has no weight decay."""
+    optimizer: str = "adam"
+    """``--mask_adam``."""
+    mask_init: float = 1e-2
+    """MASK_SCALE=1e-2: every weight starts switched on."""
+    threshold: float = 5e-3
+    """DEFAULT_THRESHOLD=5e-3 of the binariser."""
+    skip_downsample: bool = False
+    """ResNet: leave the 1x1 downsample projections unmasked (the official code masks every conv)."""
+    include_stem: bool = True
+    """Mask the ResNet stem conv / ViT patch embedding too (official: every layer but the classifier)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threshold < 0:
+            raise ValueError(f"piggyback threshold must be >= 0, got {self.threshold}")
+        if self.mask_init <= self.threshold:
+            raise ValueError(
+                f"piggyback mask_init ({self.mask_init}) must be > threshold ({self.threshold}), "
+                "otherwise every weight starts masked out"
+            )
+
+
+class Binarize(torch.autograd.Function):
+    """``1[m > threshold]`` forward; straight-through backward (the gradient reaches ``m`` unchanged)."""
+
+    @staticmethod
+    def forward(ctx: Any, mask: torch.Tensor, threshold: float) -> torch.Tensor:  # noqa: ANN401
+        return (mask > threshold).to(mask.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN401
+        return grad, None
+
+
+class PiggybackLayer(nn.Module):
+    """Wraps a conv or linear (plain or RECAST-generated) and masks its weight elementwise with a binary mask."""
+
+    def __init__(self, base: nn.Module, mask_init: float, threshold: float) -> None:
+        super().__init__()
+        if not (is_conv_like(base) or is_linear_like(base)):
+            raise ValueError(f"piggyback wraps conv or linear layers, got {type(base).__name__}")
+        self.base = base
+        self.is_conv = is_conv_like(base)
+        self.threshold = float(threshold)
+        self.mask_init = float(mask_init)
+        self.mask = nn.Parameter(torch.full_like(base.weight.detach(), self.mask_init))
+
+    def binary_mask(self) -> torch.Tensor:
+        return self.mask > self.threshold
+
+    def reset_mask(self) -> None:
+        with torch.no_grad():
+            self.mask.fill_(self.mask_init)
+
+    def set_binary_mask(self, bits: torch.Tensor) -> None:
+        """Load a binary mask; on-entries get ``mask_init``, off-entries its mirror image below the threshold."""
+        off = 2 * self.threshold - self.mask_init
+        with torch.no_grad():
+            self.mask.copy_(torch.where(bits.to(self.mask.device), self.mask_init, off))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Read the base weight now: a RECAST layer generates it from the current coefficients on every call.
+        w = self.base.weight * Binarize.apply(self.mask, self.threshold)
+        return conv_forward(self.base, x, w) if self.is_conv else linear_forward(self.base, x, w)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, mask_init={self.mask_init}"
+
+
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor into uint8, 8 entries per byte, MSB first (``numpy.packbits`` order), zero-padded."""
+    flat = bits.detach().flatten().to("cpu", torch.int32)
+    flat = F.pad(flat, (0, (-flat.numel()) % 8))
+    return (flat.view(-1, 8) * _BIT_WEIGHTS).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`pack_bits` for a tensor of ``shape``."""
+    n = int(torch.Size(shape).numel())
+    if packed.numel() != (n + 7) // 8:
+        raise ValueError(f"packed mask has {packed.numel()} bytes, a mask of shape {tuple(shape)} needs {(n + 7) // 8}")
+    bits = (packed.to("cpu", torch.int32).view(-1, 1) & _BIT_WEIGHTS) > 0
+    return bits.flatten()[:n].view(shape)
+
+
+def piggyback_targets(backbone: nn.Module, family: str, cfg: PiggybackConfig) -> dict[str, nn.Module]:
+    """The layers Piggyback masks, by name in ``backbone``."""
+    if family == "resnet":
+        return resnet_convs(backbone, stem=cfg.include_stem, downsample=not cfg.skip_downsample)
+    out = {n: m for n, m in backbone.named_modules() if n.startswith("blocks.") and is_linear_like(m)}
+    if cfg.include_stem and hasattr(backbone, "patch_embed"):
+        out = {"patch_embed.proj": backbone.patch_embed.proj, **out}
+    # Keep only outermost matches: a generated-weight layer must not be picked up twice through its children.
+    return {n: m for n, m in out.items() if not any(n.startswith(o + ".") for o in out if o != n)}
+
+
+def family_of(backbone: nn.Module, family: str) -> str:
+    """The context's family, or one inferred from module names when a test builds the method by hand."""
+    if family:
+        return family
+    return "vit" if hasattr(backbone, "blocks") else "resnet"
+
+
+@METHODS.register("piggyback")
+class Piggyback(Method):
+    """Frozen backbone; per task, a binary mask on every target weight (see module docstring)."""
+
+    name: ClassVar[str] = "piggyback"
+    Config: ClassVar[type[MethodConfig]] = PiggybackConfig
+    families: ClassVar[tuple[str, ...]] = ("resnet", "vit")
+    composable: ClassVar[bool] = True
+    isolates_tasks: ClassVar[bool] = True
+
+    def setup(self, model: TaskModel) -> None:
+        cfg: PiggybackConfig = self.cfg  # type: ignore[assignment]
+        family = family_of(model.backbone, self.ctx.family)
+        try:
+            targets = piggyback_targets(model.backbone, family, cfg)
+        except ValueError as e:
+            raise UserError(f"piggyback on {self.ctx.backbone_name or family}: {e}") from None
+        for name, layer in targets.items():
+            set_submodule(model.backbone, name, PiggybackLayer(layer, cfg.mask_init, cfg.threshold))
+
+    def layers(self, model: TaskModel) -> dict[str, PiggybackLayer]:
+        # Walked every time so names stay right whatever else wrapped the model.
+        return {n: m for n, m in model.named_modules() if isinstance(m, PiggybackLayer)}
+
+    def task_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        return {f"{n}.mask": m.mask for n, m in self.layers(model).items()}
+
+    def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
+        """Each task starts from the all-ones mask, i.e. the pretrained (or RECAST-generated) network."""
+        for m in self.layers(model).values():
+            m.reset_mask()
+
+    def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
+        """The binarised masks, 1 bit per weight (uint8-packed)."""
+        return {f"{n}.{BITS_SUFFIX}": pack_bits(m.binary_mask()) for n, m in self.layers(model).items()}
+
+    def load_task_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
+        layers = self.layers(model)
+        expected = {f"{n}.{BITS_SUFFIX}" for n in layers}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"piggyback state mismatch: missing {missing[:2]}, unexpected {extra[:2]}")
+        for n, m in layers.items():
+            m.set_binary_mask(unpack_bits(state[f"{n}.{BITS_SUFFIX}"], m.mask.shape))
+
+    def density(self, model: TaskModel) -> float:
+        """Fraction of weights the current mask keeps (the official code logs it per layer)."""
+        masks = [m.binary_mask() for m in self.layers(model).values()]
+        return float(sum(int(b.sum()) for b in masks) / max(1, sum(b.numel() for b in masks)))
