@@ -5,3 +5,4 @@ Lightning-engine methods subclass ``recast_bench.engine.method.Method``; Avalanc
 """
 
 from baselines import finetune, linear  # noqa: F401
+from baselines import clr, hat, piggyback  # noqa: F401  (ResNet baselines; piggyback also on ViT)
