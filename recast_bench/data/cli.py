@@ -98,8 +98,10 @@ def cmd_download(args: argparse.Namespace) -> int:
             spec.download(root)
         except Exception as e:  # network errors come in many types; report and go on with the others
             failed.append(name)
-            print(f"{name}: download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                  file=sys.stderr)
+            print(
+                f"{name}: download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                file=sys.stderr,
+            )
     if failed:
         print(f"failed: {', '.join(failed)} (no network? see data/README.md for manual placement)", file=sys.stderr)
         return 1
