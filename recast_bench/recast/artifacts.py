@@ -60,7 +60,9 @@ def load_recast(path: str | Path) -> tuple[RecastPlan, dict[str, torch.Tensor], 
         raise UserError(f"cannot read RECAST artifact {d}: {type(e).__name__}: {e}") from None
     templates = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("templates/")}
     coefficients = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("coefficients/")}
-    missing = [b.key for b in plan.banks if b.key not in templates] + [m for m in plan.modules() if m not in coefficients]
+    missing = [b.key for b in plan.banks if b.key not in templates] + [
+        m for m in plan.modules() if m not in coefficients
+    ]
     if missing:
         raise UserError(f"RECAST artifact {d} is incomplete (missing {missing[0]!r})")
     return plan, templates, coefficients, meta

@@ -23,13 +23,14 @@ from torch import nn
 class TemplateBank(nn.Module):
     """``n`` templates of one weight shape, shared by every module of a group (paper: ``tau_g``)."""
 
-    def __init__(self, num_templates: int, weight_shape: tuple[int, ...]) -> None:
+    def __init__(self, num_templates: int, weight_shape: tuple[int, ...], init: bool = True) -> None:
         super().__init__()
         if num_templates <= 0:
             raise ValueError(f"a template bank needs >= 1 template, got {num_templates}")
         self.weight_shape = tuple(int(s) for s in weight_shape)
         self.templates = nn.Parameter(torch.empty(num_templates, *self.weight_shape))
-        self.reset_parameters()
+        if init:  # skipped when mimicked templates are copied in right away
+            self.reset_parameters()
 
     @property
     def num_templates(self) -> int:

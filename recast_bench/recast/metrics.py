@@ -77,9 +77,14 @@ def template_frobenius(templates: torch.Tensor) -> float:
 
 
 def singular_value_entropy(templates: torch.Tensor) -> float:
-    """Mean entropy (nats) of the normalised singular values of each template."""
+    """Mean entropy (nats) of the normalised singular values of each template.
+
+    Singular values come from the eigenvalues of the smaller Gram matrix (a batched matmul plus a small symmetric
+    eigensolve), several times faster on CPU than a full SVD of every template.
+    """
     flat = templates.reshape(templates.shape[0], templates.shape[1], -1).float()
-    s = torch.linalg.svdvals(flat).double()
+    gram = flat @ flat.transpose(1, 2) if flat.shape[1] <= flat.shape[2] else flat.transpose(1, 2) @ flat
+    s = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt()
     p = s / s.sum(dim=1, keepdim=True).clamp_min(1e-300)
     return float((-(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)).mean())
 
@@ -125,4 +130,9 @@ def diversity(plan: RecastPlan, templates: dict[str, torch.Tensor], coefficients
 
 def weight_summary(cosines: dict[str, float]) -> dict:
     vals = list(cosines.values())
-    return {"per_module": cosines, "min": min(vals), "mean": sum(vals) / len(vals), "worst": min(cosines, key=cosines.get)}
+    return {
+        "per_module": cosines,
+        "min": min(vals),
+        "mean": sum(vals) / len(vals),
+        "worst": min(cosines, key=cosines.get),
+    }

@@ -62,7 +62,9 @@ class RecastSpec:
         if self.resnet_templates is not None and self.resnet_templates <= 0:
             raise ValueError(f"recast resnet_templates must be a positive integer or null, got {self.resnet_templates}")
         if self.sharing is not None and self.sharing not in SHARING_SCHEMES:
-            raise ValueError(f"recast sharing must be one of {', '.join(SHARING_SCHEMES)} or null, got {self.sharing!r}")
+            raise ValueError(
+                f"recast sharing must be one of {', '.join(SHARING_SCHEMES)} or null, got {self.sharing!r}"
+            )
         vit_kinds(self.target)
         resnet_kinds(self.resnet_target)
 
@@ -76,7 +78,9 @@ def vit_kinds(target: str) -> tuple[str, ...]:
     kinds: set[str] = set()
     for t in tokens:
         if t not in VIT_TARGET_ALIASES:
-            raise ValueError(f"unknown recast target {t!r} in {target!r}; use mlp, attn, proj, qkv, fc1, fc2 joined by +")
+            raise ValueError(
+                f"unknown recast target {t!r} in {target!r}; use mlp, attn, proj, qkv, fc1, fc2 joined by +"
+            )
         kinds.update(VIT_TARGET_ALIASES[t])
     return tuple(k for k in VIT_KINDS if k in kinds)
 
@@ -226,7 +230,8 @@ def apply_plan(
     ref = next(backbone.parameters())
     banks = nn.ModuleDict()
     for b in plan.banks:
-        bank = TemplateBank(b.num_templates, b.weight_shape).to(device=ref.device, dtype=ref.dtype)
+        bank = TemplateBank(b.num_templates, b.weight_shape, init=templates is None)
+        bank = bank.to(device=ref.device, dtype=ref.dtype)
         if templates is not None:
             _copy_checked(bank.templates, templates[b.key], f"templates of {b.key}")
         new_layers = []
