@@ -1,0 +1,76 @@
+# make bench / make reproduce: every method of a paper table as make targets, then `recast-bench report`.
+# Included by the top-level Makefile, which defines VENV, PY, BIN and the install stamp $(VENV)/.installed.
+#
+#   make bench BACKBONE=resnet34|vit_small [SEEDS="42 1998 3142592"] [STREAM=six] [EXTRA="hydra overrides"]
+#   make bench BACKBONE=vit_small STREAM=synthetic TINY=1      # end-to-end CPU check (random weights, tiny stream)
+#   make reproduce                                              # both backbones, the paper's three seeds
+#
+# Each run writes bench/<backbone>-<stream>/<method>-s<seed>/results.json, a make target that is re-run only when
+# missing, incomplete (resumed from its last task) or stale (its command line or one of its conf/ files changed;
+# then it restarts from scratch). A method entry NAME@VARIANT runs NAME with method.<adapter>.variant=VARIANT
+# (RoSA "sparse_mlp" / "full", the paper's two RoSA rows). Methods not registered in this checkout are skipped.
+
+BACKBONE ?= vit_small
+STREAM ?= six
+SEEDS ?= 42
+EXTRA ?=
+TINY ?=
+BENCH_ROOT ?= bench
+PAPER_SEEDS := 42 1998 3142592
+BENCH_DIR = $(BENCH_ROOT)/$(BACKBONE)-$(STREAM)
+BENCH_TOP := $(firstword $(MAKEFILE_LIST))
+
+# Paper Table 1 (ResNet-34) and Table 2 (ViT-S) rows, in the paper's order, as registry names.
+BENCH_METHODS_resnet := linear ewc lwf gdumb er-ace derpp recast hat piggyback clr recast+piggyback recast+clr
+BENCH_METHODS_vit := linear rosa@sparse_mlp recast+rosa@sparse_mlp recast l2p inflora adaptformer melo dora \
+	rosa@full recast+adaptformer recast+melo recast+rosa@full
+BENCH_METHODS ?= $(if $(findstring resnet,$(BACKBONE)),$(BENCH_METHODS_resnet),$(BENCH_METHODS_vit))
+
+# TINY=1: random-init backbone, 1 epoch, 2 tiny tasks, no W&B -- a plumbing check, not a result.
+BENCH_TINY_EXTRA := backbone.allow_random_init=true trainer=tiny trainer.epochs=1 trainer.batch_size=8 \
+	++stream.num_tasks=2 '++stream.classes_per_task=[3,4]' ++stream.train_per_class=4 ++stream.val_per_class=2 \
+	++stream.test_per_class=4 logger=none
+BENCH_EXTRA = $(EXTRA) $(if $(TINY),$(BENCH_TINY_EXTRA))
+
+bench_method = $(firstword $(subst @, ,$(1)))
+bench_variant = $(if $(findstring @,$(1)),method.$(lastword $(subst +, ,$(call bench_method,$(1)))).variant=$(lastword $(subst @, ,$(1))))
+bench_confs = $(wildcard conf/config.yaml conf/backbone/$(BACKBONE).yaml conf/stream/$(STREAM).yaml \
+	conf/trainer/default.yaml $(foreach p,$(subst +, ,$(call bench_method,$(1))),conf/method/$(p).yaml))
+bench_incomplete = $(shell f=$(1); test -f "$$f" && ! grep -q '"status": "complete"' "$$f" && echo FORCE)
+
+.PHONY: bench reproduce bench-progress _bench-run FORCE
+FORCE:
+
+bench: $(VENV)/.installed ## run every method of BACKBONE's paper table over STREAM for SEEDS, then report
+	@registered=" $$($(BIN)/recast-bench list | sed -n 's/^methods: *//p') "; want=""; \
+	for m in $(BENCH_METHODS); do \
+	  case "$$registered" in *" $${m%%@*} "*) want="$$want $$m";; *) echo "bench: skipping $$m (not registered)";; esac; \
+	done; \
+	$(MAKE) --no-print-directory -f $(BENCH_TOP) _bench-run BENCH_RUN_METHODS="$$want"
+
+reproduce: $(VENV)/.installed ## the paper's Tables 1 and 2: both backbones, six datasets, seeds 42 1998 3142592
+	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=resnet34 STREAM=six SEEDS="$(PAPER_SEEDS)"
+	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=vit_small STREAM=six SEEDS="$(PAPER_SEEDS)"
+
+ifdef BENCH_RUN_METHODS
+BENCH_PAIRS := $(foreach m,$(BENCH_RUN_METHODS),$(foreach s,$(SEEDS),$(m)-s$(s)))
+BENCH_RESULTS := $(foreach p,$(BENCH_PAIRS),$(BENCH_DIR)/$(p)/results.json)
+
+# $(1): method entry (NAME or NAME@VARIANT), $(2): seed.
+define BENCH_RULE
+$(BENCH_DIR)/.stamps/$(1)-s$(2).args: FORCE
+	@mkdir -p $$(@D); a='run --method $(call bench_method,$(1)) --backbone $(BACKBONE) --stream $(STREAM) --seed $(2) $(call bench_variant,$(1)) $(subst ','"'"',$(BENCH_EXTRA))'; \
+	  [ -f $$@ ] && [ "$$$$(cat $$@)" = "$$$$a" ] || printf '%s\n' "$$$$a" > $$@
+
+$(BENCH_DIR)/$(1)-s$(2)/results.json: $(BENCH_DIR)/.stamps/$(1)-s$(2).args $(call bench_confs,$(1)) $(call bench_incomplete,$(BENCH_DIR)/$(1)-s$(2)/results.json)
+	@$(PY) -m recast_bench.report.progress $(BENCH_DIR) --expect "$(BENCH_PAIRS)" --next $(1)-s$(2)
+	@if [ -f $$@ ] && [ -n "$$(filter-out FORCE,$$?)" ]; then echo "bench: $(1) s$(2): settings changed, re-running"; rm -rf $$(@D); fi
+	$(BIN)/recast-bench run --method $(call bench_method,$(1)) --backbone $(BACKBONE) --stream $(STREAM) --seed $(2) --out $$(@D) $(call bench_variant,$(1)) $(BENCH_EXTRA)
+	@touch $$@
+endef
+$(foreach m,$(BENCH_RUN_METHODS),$(foreach s,$(SEEDS),$(eval $(call BENCH_RULE,$(m),$(s)))))
+
+_bench-run: $(BENCH_RESULTS)
+	@$(PY) -m recast_bench.report.progress $(BENCH_DIR) --expect "$(BENCH_PAIRS)" --grid
+	$(BIN)/recast-bench report $(BENCH_RESULTS:%/results.json=%) --out $(BENCH_DIR)/report
+endif

@@ -1,0 +1,54 @@
+"""Hydra entry point for multirun sweeps (paper Figures 5 and 6): ``python -m recast_bench.sweep -m ...``.
+
+It composes ``conf/`` exactly like ``recast-bench run`` (same groups, same validation) and calls
+:func:`recast_bench.engine.loop.run` once per job, e.g.::
+
+    python -m recast_bench.sweep -m +experiment=recast_gnk backbone=vit_small stream=six
+    python -m recast_bench.sweep -m +experiment=recast_targets backbone=vit_tiny trainer=tiny
+
+Each ``conf/experiment/recast_*.yaml`` names its sweep in ``hydra.sweeper.params`` and gives every job its own
+``out`` (a resumable run directory), so re-launching a sweep only runs the jobs that did not finish. A job that
+fails with a user error prints one line and the sweep goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from recast_bench.config import CONF_DIR, GROUPS, validate_group
+from recast_bench.errors import UserError
+
+
+def _validated(cfg: DictConfig) -> DictConfig:
+    """Same per-group validation as :func:`recast_bench.config.compose_config`, on Hydra's composed config."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # detach from Hydra's struct/readonly flags
+    OmegaConf.set_struct(cfg, False)
+    for name, schema in GROUPS.items():
+        cfg[name] = validate_group(name, cfg.get(name), schema)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """One sweep job: run (or resume) it; returns the average accuracy (Hydra's optimising sweepers use it)."""
+    from recast_bench.cli import print_summary, quiet_libraries
+    from recast_bench.engine.loop import run
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    quiet_libraries()
+    try:
+        res = run(_validated(cfg))
+    except UserError as e:
+        print(f"recast-bench sweep: error: {e}", file=sys.stderr)
+        return None
+    print_summary([res])
+    return res["avg_acc"]
+
+
+if __name__ == "__main__":
+    main()
