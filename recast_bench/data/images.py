@@ -68,7 +68,11 @@ class SplitView(Dataset):
 
     def __init__(self, parts: list[Dataset], index: np.ndarray, transform=None) -> None:  # noqa: ANN001
         self.parts, self.index, self.transform = parts, np.asarray(index, dtype=np.int64), transform
-        self.labels = np.asarray([parts[p].labels[r] for p, r in self.index], dtype=np.int64)
+        labels = np.zeros(len(self.index), dtype=np.int64)
+        for p, part in enumerate(parts):
+            rows = self.index[:, 0] == p
+            labels[rows] = np.asarray(part.labels)[self.index[rows, 1]]
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.index)
