@@ -58,13 +58,13 @@ def test_missing_dataset_gives_one_line_with_layout_and_source(tmp_path, name):
     "name, remove, needle",
     [
         ("flowers102", "flowers-102/jpg/image_00004.jpg", "image_00004.jpg"),
-        ("flowers102", "flowers-102/setid.mat", "not found"),
+        ("flowers102", "flowers-102/setid.mat", "incomplete (no flowers-102/setid.mat)"),
         ("aircraft", "fgvc-aircraft-2013b/data/images_variant_val.txt", "images_variant_val.txt"),
         ("aircraft", "fgvc-aircraft-2013b/data/images/1000001.jpg", "1000001.jpg"),
         ("mit67", "mit67/TestImages.txt", "TestImages.txt"),
         ("mit67", "mit67/Images/bakery/img_0000.jpg", "bakery/img_0000.jpg"),
-        ("cifar10", "cifar-10-batches-py/data_batch_3", "not found"),
-        ("cifar100", "cifar-100-python/meta", "not found"),
+        ("cifar10", "cifar-10-batches-py/data_batch_3", "incomplete (no cifar-10-batches-py/data_batch_3)"),
+        ("cifar100", "cifar-100-python/meta", "incomplete (no cifar-100-python/meta)"),
         ("cub200", "CUB_200_2011/train_test_split.txt", "train_test_split.txt"),
     ],
 )

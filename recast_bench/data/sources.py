@@ -117,6 +117,13 @@ def _lenient(cls: type) -> type:
 
 
 def _load_cifar(name: str, cls: type, root: Path) -> SourceData:
+    folder = root / cls.base_folder
+    if not folder.is_dir():
+        raise _fail(name, root, "not found")
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    absent = [f for f in files if not (folder / f).is_file()]
+    if absent:
+        raise _fail(name, root, f"is incomplete (no {cls.base_folder}/{absent[0]})")
     tv = _lenient(cls)
     splits = {}
     for split in ("train", "test"):
@@ -141,6 +148,12 @@ class _Flowers(Flowers102):
 
 
 def _load_flowers(root: Path) -> SourceData:
+    base = root / "flowers-102"
+    if not base.is_dir():
+        raise _fail("flowers102", root, "not found")
+    absent = [f for f in ("jpg", "imagelabels.mat", "setid.mat") if not (base / f).exists()]
+    if absent:
+        raise _fail("flowers102", root, f"is incomplete (no flowers-102/{absent[0]})")
     splits = {}
     for split in ("train", "val", "test"):
         try:
