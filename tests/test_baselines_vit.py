@@ -1,0 +1,326 @@
+"""ViT adapter baselines: analytical per-task counts, equivalence with PEFT, and each method's equation."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from baselines._vit import QKV_PARTS, part_rows
+from baselines.adaptformer import AdaptFormerConfig, ParallelAdapterMLP
+from baselines.dora import DoRALinear
+from baselines.inflora import InfLoRAQKV, dualgpm_update
+from baselines.lora import LoRAConfig, LoRAFactors, LoRALinear
+from baselines.rosa import RosaConfig, RosaLinear, SparseDelta, probe_head
+from recast_bench.backbones import build_backbone
+from recast_bench.data.stream import Task
+from recast_bench.engine.build import build_method
+from recast_bench.engine.learner import trainable_count
+from recast_bench.engine.method import RunContext
+from recast_bench.engine.model import TaskModel
+
+
+@pytest.fixture(scope="module")
+def vit_small() -> TaskModel:
+    torch.manual_seed(0)
+    bb, _, _ = build_backbone("vit_small", allow_random_init=True)
+    return TaskModel(bb, bb.num_features).eval()
+
+
+def _setup(model: TaskModel, name: str, overrides: dict | None = None):  # noqa: ANN202
+    model = copy.deepcopy(model)
+    method = build_method(name, {name: overrides or {}}, "vit")
+    method.ctx = RunContext(backbone_name="test", family="vit", seed=0)
+    method.setup(model)
+    return model, method
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "expected"),
+    [
+        ("melo", {}, 18_432),  # 12 blocks * (Q + V) * (384 + 384)
+        ("adaptformer", {"bottleneck": 2}, 23_064),  # 12 * (2*384*2 + 2 + 384)
+        ("adaptformer", {"bottleneck": 64}, 595_200),  # 12 * (2*384*64 + 64 + 384)
+        ("dora", {}, 27_648),  # 12 * 2 * (384 + 384 + 384)
+        ("dora", {"targets": ["q", "k", "v"]}, 41_472),
+        ("inflora", {}, 92_160),  # trained B only: 12 * 2 * 384 * 10
+        ("rosa", {"variant": "sparse_mlp"}, 144),  # 24 MLP layers * round(1e-5 * 589,824) = 6
+        ("lora", {"rank": 1, "targets": ["q", "v"], "shared": True}, 1_536),  # one pair per role for all blocks
+    ],
+)
+def test_analytical_counts_vit_small(vit_small, name, overrides, expected) -> None:
+    model, method = _setup(vit_small, name, overrides)
+    assert trainable_count(method, model) == expected
+
+
+def test_rosa_sparse_mlp_is_under_150_and_full_matches_budget(vit_small) -> None:
+    model, method = _setup(vit_small, "rosa", {"variant": "full"})
+    # 36,864 LoRA (q, k, v, proj, r=1) + 12 * 4 * round(0.0162 * 147,456) sparse.
+    assert trainable_count(method, model) == 36_864 + 12 * 4 * round(0.0162 * 147_456)
+    assert RosaConfig().density == 1e-5 and 144 < 150
+
+
+def test_lora_pruning_counts_only_unmasked_entries(vit_small) -> None:
+    model, method = _setup(vit_small, "lora", {"rank": 2, "density": 0.25, "targets": ["fc1"]})
+    facs = [m for m in model.modules() if isinstance(m, LoRAFactors)]
+    per_layer = max(1, round(0.25 * 2 * 384)) + max(1, round(0.25 * 1536 * 2))
+    assert trainable_count(method, model) == 12 * per_layer
+    assert sum(int(f.mask_A.sum() + f.mask_B.sum()) for f in facs) == 12 * per_layer
+    method.on_task_start(model, 0, None, None)
+    assert all(bool((f.A[f.mask_A == 0] == 0).all()) for f in facs)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"rank": 0}, {"density": 0.0}, {"density": 1.5}, {"targets": ["qkv"]}, {"targets": []}]
+)
+def test_lora_config_rejects_bad_values(bad) -> None:
+    with pytest.raises(ValueError):
+        LoRAConfig(**bad)
+
+
+def test_other_configs_reject_bad_values() -> None:
+    with pytest.raises(ValueError, match="bottleneck"):
+        AdaptFormerConfig(bottleneck=0)
+    with pytest.raises(ValueError, match="variant"):
+        RosaConfig(variant="dense")
+    with pytest.raises(ValueError, match="custom needs"):
+        RosaConfig(variant="custom")
+
+
+# ---- PEFT equivalence ---------------------------------------------------------------------------------------------
+class _Net(nn.Module):
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def _peft(lin: nn.Linear, r: int, alpha: float, dora: bool) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=["lin"], lora_dropout=0.0, use_dora=dora)
+    return get_peft_model(_Net(copy.deepcopy(lin)), cfg)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_lora_and_dora_match_peft(dora) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 12)
+    r, alpha = 3, 6.0
+    a, b = torch.randn(r, 16), torch.randn(12, r)
+    ref = _peft(lin, r, alpha, dora)
+    layer = ref.base_model.model.lin
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(a)
+        layer.lora_B["default"].weight.copy_(b)
+    ours_base = copy.deepcopy(lin)
+    if dora:
+        ours = DoRALinear(ours_base, {"all": (0, 12)}, r, alpha / r)
+        mag = torch.rand(12) + 0.5
+        with torch.no_grad():
+            layer.lora_magnitude_vector["default"].weight.copy_(mag)
+            ours.magnitude["all"].copy_(mag)
+    else:
+        ours = LoRALinear(ours_base, {"all": (0, 12)}, {"all": LoRAFactors(r, 16, 12)}, alpha / r)
+    with torch.no_grad():
+        ours.lora["all"].A.copy_(a)
+        ours.lora["all"].B.copy_(b)
+    x = torch.randn(5, 7, 16)
+    diff = (ours(x) - ref(x)).abs().max().item()
+    assert diff < 1e-5, diff
+
+
+# ---- equations on small layers --------------------------------------------------------------------------------
+def _qkv(d: int = 6) -> nn.Linear:
+    torch.manual_seed(1)
+    return nn.Linear(d, 3 * d)
+
+
+def test_lora_qv_equation_and_k_rows_unchanged() -> None:
+    base = _qkv()
+    parts = {p: part_rows(p, 18) for p in ("q", "v")}
+    facs = {p: LoRAFactors(2, 6, 6) for p in parts}
+    for f in facs.values():
+        with torch.no_grad():
+            f.A.normal_()
+            f.B.normal_()
+    layer = LoRALinear(base, parts, facs, scale=0.5)
+    x = torch.randn(4, 6)
+    y, y0 = layer(x), base(x)
+    for p, (a, b) in parts.items():
+        expect = y0[:, a:b] + 0.5 * x @ facs[p].A.T @ facs[p].B.T
+        torch.testing.assert_close(y[:, a:b], expect, atol=1e-5, rtol=1e-5)
+    assert torch.equal(y[:, 6:12], y0[:, 6:12])  # K untouched, bit for bit
+
+
+def test_melo_adapts_q_and_v_slices_of_timm_qkv_only() -> None:
+    bb, spec, _ = build_backbone("vit_tiny", allow_random_init=True)
+    model = TaskModel(bb, bb.num_features).eval()
+    method = build_method("melo", {}, "vit")
+    method.setup(model)
+    qkv = model.backbone.blocks[0].attn.qkv
+    assert isinstance(qkv, LoRALinear) and list(qkv.parts) == ["q", "v"]
+    assert qkv.parts == {"q": (0, 48), "v": (96, 144)}
+    with torch.no_grad():
+        for f in qkv.lora.values():
+            f.A.normal_()
+            f.B.normal_()
+    x = torch.randn(2, 5, 48)
+    y, y0 = qkv(x), qkv.base(x)
+    assert torch.equal(y[..., 48:96], y0[..., 48:96])
+    assert not torch.allclose(y[..., :48], y0[..., :48]) and not torch.allclose(y[..., 96:], y0[..., 96:])
+
+
+def test_dora_equation_detached_norm_and_reinit_from_current_base() -> None:
+    base = _qkv()
+    layer = DoRALinear(base, {p: part_rows(p, 18) for p in ("q", "v")}, rank=2, scale=1.5)
+    layer.reset(torch.Generator().manual_seed(0))
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), base(x), atol=1e-6, rtol=1e-6)  # starts exactly at W
+    with torch.no_grad():
+        for p in layer.parts:
+            layer.lora[p].B.normal_()
+            layer.magnitude[p].mul_(1.3)
+    w, b = base.weight, base.bias
+    a_q, b_q = layer.lora["q"].A, layer.lora["q"].B
+    v = w[:6] + 1.5 * b_q @ a_q
+    expect_q = x @ (layer.magnitude["q"] / v.norm(dim=1).detach()).unsqueeze(1).mul(v).T + b[:6]
+    y = layer(x)
+    torch.testing.assert_close(y[:, :6], expect_q, atol=1e-5, rtol=1e-5)
+    assert torch.equal(y[:, 6:12], base(x)[:, 6:12])
+    # No gradient through the norm: B's gradient equals the detached-norm formula's, not the attached one's.
+    g_ours = torch.autograd.grad(y[:, :6].sum(), b_q)[0]
+    g_det = torch.autograd.grad(expect_q.sum(), b_q)[0]
+    v2 = w[:6] + 1.5 * b_q @ a_q
+    attached = x @ (layer.magnitude["q"] / v2.norm(dim=1)).unsqueeze(1).mul(v2).T
+    g_att = torch.autograd.grad(attached.sum(), b_q)[0]
+    torch.testing.assert_close(g_ours, g_det, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(g_ours, g_att, atol=1e-4)
+    # The magnitude follows the *current* base weight at re-init (recast+dora: the generated weight).
+    with torch.no_grad():
+        base.weight.mul_(2.0)
+    layer.reset(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer(x), base(x), atol=1e-5, rtol=1e-5)
+
+
+def test_adaptformer_block_equation_uses_pre_norm_stream() -> None:
+    bb, _, _ = build_backbone("vit_tiny", allow_random_init=True)
+    model = TaskModel(bb, bb.num_features)
+    method = build_method("adaptformer", {"adaptformer": {"bottleneck": 3, "scale": 0.7}}, "vit")
+    ref_block = copy.deepcopy(model.backbone.blocks[1]).eval()
+    method.setup(model)
+    block = model.backbone.blocks[1].eval()
+    assert isinstance(block.mlp, ParallelAdapterMLP)
+    ad = block.mlp.adapter
+    with torch.no_grad():
+        ad.up.weight.normal_()
+        ad.up.bias.normal_()
+    x = torch.randn(2, 5, 48)
+    x1 = x + ref_block.attn(ref_block.norm1(x))
+    expect = x1 + ref_block.mlp(ref_block.norm2(x1)) + 0.7 * ad.up(F.relu(ad.down(x1)))
+    torch.testing.assert_close(block(x), expect, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        ad.up.weight.zero_()
+        ad.up.bias.zero_()
+    torch.testing.assert_close(block(x), ref_block(x), atol=1e-6, rtol=1e-6)
+
+
+def test_rosa_equation_and_gradient_chosen_support() -> None:
+    base = nn.Linear(6, 5)
+    layer = RosaLinear(base, {"all": (0, 5)}, ["all"], ["all"], rank=2, scale=0.5, density=0.2)
+    sp = layer.sparse["all"]
+    assert sp.values.numel() == 6  # round(0.2 * 30)
+    with torch.no_grad():
+        layer.lora["all"].A.normal_()
+        layer.lora["all"].B.normal_()
+        sp.index.copy_(torch.tensor([0, 4, 7, 11, 20, 29]))
+        sp.values.normal_()
+    s = torch.zeros(30)
+    s[sp.index] = sp.values.detach()
+    x = torch.randn(4, 6)
+    f = layer.lora["all"]
+    expect = base(x) + 0.5 * x @ f.A.T @ f.B.T + x @ s.view(5, 6).T
+    torch.testing.assert_close(layer(x), expect, atol=1e-5, rtol=1e-5)
+    score = torch.rand(5, 6)
+    d = SparseDelta(5, 6, 0.2)
+    d.select(score)
+    assert set(d.index.tolist()) == set(score.flatten().topk(6).indices.tolist())
+
+
+def _tiny_task(n: int = 24, classes: int = 3, size: int = 32) -> Task:
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.arange(n) % classes)
+    return Task("t", classes, ds, ds, ds)
+
+
+def test_rosa_support_is_top_k_of_accumulated_squared_weight_gradient() -> None:
+    bb, _, _ = build_backbone("vit_tiny", allow_random_init=True)
+    model = TaskModel(bb, bb.num_features).eval()
+    ref = copy.deepcopy(model)
+    cfg = {"variant": "custom", "lora_targets": [], "sparse_targets": ["fc1"], "density": 0.001, "grad_batches": 2}
+    method = build_method("rosa", {"rosa": cfg}, "vit")
+    method.setup(model)
+    task = _tiny_task()
+    loader = DataLoader(task.train, batch_size=8)
+    method.on_task_start(model, 0, task, loader)
+    head = probe_head(model.num_features, task.num_classes, 0)
+    weights = [blk.mlp.fc1.weight for blk in ref.backbone.blocks]
+    acc = [torch.zeros_like(w) for w in weights]
+    for i, (x, y) in enumerate(loader):
+        if i == 2:
+            break
+        grads = torch.autograd.grad(F.cross_entropy(head(ref.backbone(x)), y), weights)
+        acc = [a + g**2 for a, g in zip(acc, grads)]
+    for blk, a in zip(model.backbone.blocks, acc):
+        sp = blk.mlp.fc1.sparse["fc1"]
+        assert sp.values.numel() == round(0.001 * a.numel())
+        assert set(sp.index.tolist()) == set(a.flatten().topk(sp.values.numel()).indices.tolist())
+
+
+def test_inflora_designed_a_avoids_earlier_subspace_and_only_k_v_change() -> None:
+    bb, _, _ = build_backbone("vit_tiny", allow_random_init=True)
+    model = TaskModel(bb, bb.num_features).eval()
+    method = build_method("inflora", {"inflora": {"rank": 4}}, "vit")
+    method.setup(model)
+    task = _tiny_task()
+    loader = DataLoader(task.train, batch_size=8)
+    method.on_task_start(model, 0, task, loader)
+    qkv = model.backbone.blocks[0].attn.qkv
+    assert isinstance(qkv, InfLoRAQKV) and list(qkv.parts) == ["k", "v"]
+    torch.testing.assert_close(qkv.A @ qkv.A.T * 3, torch.eye(4), atol=1e-5, rtol=0)  # orthonormal / sqrt 3
+    method.on_task_end(model, 0, task, loader)
+    occ = qkv.occupied()
+    assert 1 <= occ.shape[1] < 48
+    task2 = _tiny_task(n=24, classes=2)
+    method.on_task_start(model, 1, task2, DataLoader(task2.train, batch_size=8))
+    assert (qkv.A.double() @ occ).abs().max() < 1e-5  # A_2 lies outside the occupied subspace
+    with torch.no_grad():
+        qkv.B["k"].normal_()
+        qkv.B["v"].normal_()
+    x = torch.randn(2, 5, 48)
+    assert torch.equal(qkv(x)[..., :48], qkv.base(x)[..., :48])  # Q rows untouched
+    assert set(method.shared_buffers(model)) >= {"backbone.blocks.0.attn.qkv.basis"}
+
+
+def test_dualgpm_threshold_picks_energy_fraction() -> None:
+    u = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64)).Q
+    s = torch.tensor([10.0, 5.0, 1.0, 0.5, 0.1, 0.0, 0.0, 0.0], dtype=torch.float64)
+    cov = u @ torch.diag(s) @ u.T
+    energy = torch.cumsum(s**2, 0) / (s**2).sum()
+    occ = dualgpm_update(cov, torch.zeros(8, 0, dtype=torch.float64), 0.95)
+    assert occ.shape[1] == int((energy < 0.95).sum()) == 1
+    occ2 = dualgpm_update(cov, occ, 0.999)
+    assert occ2.shape[1] > 1 and torch.allclose(occ2.T @ occ2, torch.eye(occ2.shape[1], dtype=torch.float64))
+    assert math.isclose(float((u[:, 0] @ occ).abs().max()), 1.0, rel_tol=1e-6)
+
+
+def test_qkv_part_rows() -> None:
+    assert [part_rows(p, 18) for p in QKV_PARTS] == [(0, 6), (6, 12), (12, 18)]
+    assert part_rows("fc1", 40) == (0, 40)
