@@ -1,0 +1,331 @@
+"""ResNet baselines (Piggyback, HAT, CLR): exact counts on ResNet-34, forward equations, gradient rules, RECAST+X."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.clr import Clr, ClrConfig, ClrLayer
+from baselines.hat import GatedBatchNorm, Hat, HatConfig, resnet_topology
+from baselines.piggyback import Binarize, Piggyback, PiggybackConfig, PiggybackLayer, pack_bits, unpack_bits
+from recast_bench.backbones.resnet import build_resnet34, build_resnet_tiny
+from recast_bench.engine.build import build_method
+from recast_bench.engine.method import RunContext
+from recast_bench.engine.model import TaskModel
+from recast_bench.registry import METHODS, load_all
+
+
+def tiny_model(seed: int = 0) -> TaskModel:
+    torch.manual_seed(seed)
+    model = TaskModel(build_resnet_tiny(), 64)
+    model.add_head(0, 3)
+    return model.eval()
+
+
+def make(cls: type, cfg: object, model: TaskModel) -> object:
+    method = cls(cfg)
+    method.ctx = RunContext(backbone_name="resnet_tiny", family="resnet", seed=0)
+    method.setup(model)
+    return method
+
+
+# ---- analytical counts on the real ResNet-34 architecture (random weights) -----------------------------------
+def test_clr_count_resnet34_all_convs_is_76608() -> None:
+    model = TaskModel(build_resnet34(), 512)
+    clr = make(Clr, ClrConfig(), model)
+    counts = clr.count_breakdown(model)
+    # 8,512 output channels over stem, 32 block convs and 3 downsample convs, one 3x3 kernel each.
+    assert counts["reprogram"] == 76_608
+    assert counts["bn"] == 2 * 8_512
+    assert len(clr.layers(model)) == 1 + 32 + 3
+
+
+def test_clr_reduced_variant_skips_1x1() -> None:
+    model = TaskModel(build_resnet34(), 512)
+    clr = make(Clr, ClrConfig(skip_1x1=True), model)
+    assert clr.count_breakdown(model)["reprogram"] == 76_608 - 9 * (128 + 256 + 512)
+
+
+def test_piggyback_count_is_number_of_conv_weights_resnet34() -> None:
+    backbone = build_resnet34()
+    conv_weights = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, nn.Conv2d))
+    model = TaskModel(backbone, 512)
+    pb = make(Piggyback, PiggybackConfig(), model)
+    assert sum(p.numel() for p in pb.task_parameters(model).values()) == conv_weights == 21_267_648
+
+
+# ---- Piggyback ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_piggyback_forward_and_straight_through_gradient(kind: str) -> None:
+    torch.manual_seed(0)
+    base = nn.Conv2d(3, 4, 3, padding=1, bias=True) if kind == "conv" else nn.Linear(5, 4)
+    x = torch.randn(2, 3, 6, 6) if kind == "conv" else torch.randn(2, 5)
+    layer = PiggybackLayer(base, mask_init=1e-2, threshold=5e-3)
+    with torch.no_grad():
+        layer.mask.copy_(torch.rand_like(layer.mask) * 1e-2)  # about half the entries above 5e-3
+    binary = (layer.mask > 5e-3).float()
+    assert 0 < binary.mean() < 1
+    y = layer(x)
+    w_eff = (base.weight * binary).detach().requires_grad_(True)
+    ref = F.conv2d(x, w_eff, base.bias, padding=1) if kind == "conv" else F.linear(x, w_eff, base.bias)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (ref * g).sum().backward()
+    # Straight-through: dL/dmask = dL/dbinary = W * dL/dW_eff, also for entries the threshold switched off.
+    torch.testing.assert_close(layer.mask.grad, base.weight.detach() * w_eff.grad)
+    assert (layer.mask.grad[binary == 0] != 0).any()
+
+
+def test_binarize_thresholds_strictly() -> None:
+    m = torch.tensor([4.9e-3, 5e-3, 5.1e-3, -1.0, 1.0])
+    assert Binarize.apply(m, 5e-3).tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_pack_bits_matches_numpy_and_round_trips() -> None:
+    bits = torch.rand(3, 5, 7) > 0.5  # 105 entries: not a multiple of 8
+    packed = pack_bits(bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == 14
+    np.testing.assert_array_equal(packed.numpy(), np.packbits(bits.numpy().ravel()))
+    assert torch.equal(unpack_bits(packed, bits.shape), bits)
+    with pytest.raises(ValueError, match="bytes"):
+        unpack_bits(packed[:-1], bits.shape)
+
+
+def test_piggyback_state_is_one_bit_per_weight_and_restores_outputs() -> None:
+    model = tiny_model()
+    pb = make(Piggyback, PiggybackConfig(), model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in pb.task_parameters(model).values():
+            p.copy_(torch.rand_like(p) * 1e-2)
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x, 0)
+    state = pb.task_state(model)
+    n = sum(p.numel() for p in pb.task_parameters(model).values())
+    assert all(v.dtype == torch.uint8 for v in state.values())
+    assert sum(v.numel() for v in state.values()) == sum(
+        (p.numel() + 7) // 8 for p in pb.task_parameters(model).values()
+    )
+    assert sum(v.numel() for v in state.values()) < n / 7
+    pb.on_task_start(model, 1, None, None)  # resets to all-ones masks: outputs change
+    assert not torch.equal(model(x, 0), expected)
+    pb.load_task_state(model, state)
+    assert torch.equal(model(x, 0), expected)
+
+
+def test_piggyback_skip_downsample_and_vit_targets() -> None:
+    model = tiny_model()
+    pb = make(Piggyback, PiggybackConfig(skip_downsample=True), model)
+    names = set(pb.layers(model))
+    assert "backbone.layer2.0.downsample.0" not in names and "backbone.layer2.0.conv1" in names
+    assert len(names) == 1 + 32
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+    vit.reset_classifier(0)
+    vmodel = TaskModel(vit, 48)
+    vpb = Piggyback(PiggybackConfig())
+    vpb.ctx = RunContext(family="vit")
+    vpb.setup(vmodel)
+    vnames = set(vpb.layers(vmodel))
+    assert {"backbone.blocks.0.attn.qkv", "backbone.blocks.1.mlp.fc2", "backbone.patch_embed.proj"} <= vnames
+    assert len(vnames) == 1 + 2 * 4
+    assert vmodel.backbone(torch.randn(1, 3, 32, 32)).shape == (1, 48)
+
+
+# ---- CLR ---------------------------------------------------------------------------------------------------------
+def test_clr_is_identity_at_init() -> None:
+    model = tiny_model()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x, 0)
+    clr = make(Clr, ClrConfig(), model)
+    assert torch.equal(model(x, 0), before)
+    assert all(isinstance(m, ClrLayer) for m in clr.layers(model).values())
+
+
+def test_clr_layer_is_channelwise_conv_after_base() -> None:
+    torch.manual_seed(0)
+    base = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+    layer = ClrLayer(base)
+    with torch.no_grad():
+        layer.reprogram.normal_()
+    x = torch.randn(2, 3, 9, 9)
+    y = layer(x)
+    z = base(x)
+    for c in range(4):  # channel c of the output only depends on channel c of conv(x), through kernel c
+        ref = F.conv2d(z[:, c : c + 1], layer.reprogram[c : c + 1], padding=1)
+        torch.testing.assert_close(y[:, c : c + 1], ref)
+
+
+def test_clr_trains_bn_per_task_and_restarts_each_task() -> None:
+    model = tiny_model()
+    clr = make(Clr, ClrConfig(), model)
+    params = clr.task_parameters(model)
+    assert "backbone.bn1.weight" in params and "backbone.layer1.0.conv1.reprogram" in params
+    assert "backbone.bn1.running_mean" in clr.task_buffers(model)
+    assert not any(k.endswith("base.weight") for k in params)
+    with torch.no_grad():
+        params["backbone.layer1.0.conv1.reprogram"].add_(1.0)
+        params["backbone.bn1.weight"].add_(1.0)
+    clr.on_task_start(model, 1, None, None)
+    x = torch.randn(2, 3, 32, 32)
+    fresh = tiny_model()
+    assert torch.equal(model(x, 0), fresh(x, 0))
+    loss = clr.training_loss(model, torch.tensor(0.0), None, None)
+    assert loss.item() > 0  # the official L2-norm penalty
+
+
+# ---- HAT -----------------------------------------------------------------------------------------------------------
+def test_hat_gate_equation_and_annealing() -> None:
+    bn = nn.BatchNorm2d(4).eval()
+    gated = GatedBatchNorm(bn, smax=400.0)
+    with torch.no_grad():
+        gated.embedding.copy_(torch.tensor([-1.0, 0.0, 1e-3, 2.0]))
+    x = torch.randn(2, 4, 3, 3)
+    gated.eval()  # evaluation uses smax
+    torch.testing.assert_close(gated(x), bn(x) * torch.sigmoid(400 * gated.embedding).view(1, -1, 1, 1))
+    assert gated.gate().tolist()[0] == 0.0 and gated.gate().tolist()[3] == 1.0
+    gated.train()
+    bn.eval()
+    gated.s = 2.5
+    torch.testing.assert_close(gated(x), bn(x) * torch.sigmoid(2.5 * gated.embedding).view(1, -1, 1, 1))
+
+    model = tiny_model()
+    hat = make(Hat, HatConfig(), model)
+    hat.on_train_batch_start(model, 0, 10, 0)
+    assert all(g.s == pytest.approx(1 / 400) for g in hat.gates(model).values())
+    hat.on_train_batch_start(model, 5, 10, 0)
+    assert next(iter(hat.gates(model).values())).s == pytest.approx((400 - 1 / 400) * 0.5 + 1 / 400)
+
+
+def test_hat_topology_follows_the_residual_stream() -> None:
+    plan = {m.conv: m for m in resnet_topology(build_resnet_tiny())}
+    assert plan["conv1"].inputs == () and plan["conv1"].out == "bn1"
+    assert plan["layer1.0.conv1"].inputs == ("bn1",)
+    assert plan["layer1.0.conv2"].inputs == ("layer1.0.bn1",)
+    assert plan["layer2.0.downsample.0"].out == "layer2.0.downsample.1"
+    assert set(plan["layer2.1.conv1"].inputs) == {"layer2.0.bn2", "layer2.0.downsample.1"}
+    assert set(plan["layer2.2.conv1"].inputs) == {"layer2.1.bn2", "layer2.0.bn2", "layer2.0.downsample.1"}
+
+
+def test_hat_stream_mask_zero_means_zero_activations() -> None:
+    # The input-mask rule relies on: a channel closed in every gate feeding the stream is exactly zero.
+    model = tiny_model()
+    hat = make(Hat, HatConfig(), model)
+    hat.on_task_start(model, 0, None, None)
+    feeds = {"bn1", "layer1.0.bn2", "layer1.1.bn2", "layer1.2.bn2"}
+    with torch.no_grad():
+        for n, g in hat.gates(model).items():
+            if n in feeds:
+                g.embedding[0] = -6.0
+    out = {}
+    model.backbone.layer1.register_forward_hook(lambda m, i, o: out.setdefault("y", o))
+    model.eval()
+    model(torch.randn(2, 3, 32, 32), 0)
+    assert torch.count_nonzero(out["y"][:, 0]) == 0 and torch.count_nonzero(out["y"][:, 1]) > 0
+
+
+def test_hat_gradient_masking_freezes_units_of_previous_tasks() -> None:
+    model = tiny_model()
+    hat = make(Hat, HatConfig(), model)
+    model.train()
+    hat.on_task_start(model, 0, None, None)
+    with torch.no_grad():  # task 0 uses exactly the first half of every layer's units
+        for g in hat.gates(model).values():
+            half = g.embedding.numel() // 2
+            g.embedding[:half] = 6.0
+            g.embedding[half:] = -6.0
+    hat.on_task_end(model, 0, None, None)
+    assert all(g.cumulative.sum() == g.cumulative.numel() // 2 for g in hat.gates(model).values())
+
+    hat.on_task_start(model, 1, None, None)
+    model.add_head(1, 3)
+    for p in hat.shared_parameters(model).values():
+        p.requires_grad_(True)
+    before = {k: v.detach().clone() for k, v in hat.shared_parameters(model).items()}
+    hat.on_train_batch_start(model, 3, 4, 0)
+    logits = model(torch.randn(4, 3, 32, 32), 1)
+    loss = hat.training_loss(model, F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])), logits, None)
+    loss.backward()
+    hat.on_after_backward(model)
+    w = model.backbone.layer2.get_submodule("1.conv1").weight
+    half_out, half_in = w.shape[0] // 2, w.shape[1] // 2
+    assert torch.count_nonzero(w.grad[:half_out, :half_in]) == 0  # used by task 0 on both sides: frozen
+    assert torch.count_nonzero(w.grad[half_out:]) > 0  # free output units still learn
+    stem = model.backbone.conv1.weight  # input is the image (always used): mask is 1 - a_prev[out]
+    assert torch.count_nonzero(stem.grad[: stem.shape[0] // 2]) == 0
+    torch.optim.SGD(list(hat.shared_parameters(model).values()), lr=0.05).step()
+    after = hat.shared_parameters(model)
+    for name, old in before.items():
+        out_n, in_n = old.shape[0] // 2, old.shape[1] // 2
+        cols = slice(None) if name == "backbone.conv1.weight" else slice(0, in_n)
+        assert torch.equal(after[name][:out_n, cols], old[:out_n, cols]), name
+
+
+def test_hat_regulariser_and_state_split() -> None:
+    model = tiny_model()
+    hat = make(Hat, HatConfig(c=0.75), model)
+    hat.on_task_start(model, 0, None, None)
+    model.train()
+    gates = torch.cat([g.gate() for g in hat.gates(model).values()])
+    loss = hat.training_loss(model, torch.tensor(1.0), None, None)
+    torch.testing.assert_close(loss, 1.0 + 0.75 * gates.mean())
+    assert all(k.endswith("cumulative") for k in hat.shared_buffers(model))
+    assert set(hat.shared_parameters(model)) == {f"backbone.{m.conv}.weight" for m in hat.topology}
+    assert any(k.endswith(".embedding") for k in hat.task_parameters(model))
+    assert any(k.endswith(".bn.running_var") for k in hat.task_buffers(model))
+    assert Hat.isolates_tasks is False
+
+
+@pytest.mark.parametrize(
+    ("cls", "bad", "match"),
+    [
+        (PiggybackConfig, {"mask_init": 1e-3}, "mask_init"),
+        (HatConfig, {"smax": 1.0}, "smax"),
+        (HatConfig, {"momentum": 0.9}, "momentum"),
+        (ClrConfig, {"kernel_size": 2}, "kernel_size"),
+    ],
+)
+def test_configs_reject_bad_values(cls: type, bad: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(**bad)
+
+
+# ---- RECAST + X ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("adapter", ["piggyback", "clr"])
+def test_recast_plus_adapter_builds_and_trains(adapter: str, tmp_path) -> None:  # noqa: ANN001
+    load_all()
+    if "recast" not in METHODS:
+        pytest.skip("recast is not registered yet")
+    cfg = {"recast": {"mimic_iters": 5, "cache": False}}
+    method = build_method(f"recast+{adapter}", cfg, "resnet")
+    method.ctx = RunContext(backbone_name="resnet_tiny", family="resnet", cache_dir=str(tmp_path))
+    model = tiny_model()
+    method.setup(model)
+    method.on_task_start(model, 0, None, None)
+    params = {**method.task_parameters(model), **method.shared_parameters(model)}
+    coeffs = {k: p for k, p in params.items() if k.endswith("coefficients")}
+    own = {k: p for k, p in params.items() if not k.endswith("coefficients")}
+    assert coeffs and own
+    # The adapter wrapped the generated-weight layer: the coefficients live under the adapter's ``base``.
+    assert any(".base.coefficients" in k for k in coeffs)
+    model.requires_grad_(False)
+    for p in [*params.values(), *model.heads.parameters()]:
+        p.requires_grad_(True)
+    model.train()
+    opt = torch.optim.Adam(params.values(), lr=1e-2)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    for _ in range(2):
+        opt.zero_grad()
+        loss = method.training_loss(model, F.cross_entropy(model(x, 0), y), None, y)
+        loss.backward()
+        method.on_after_backward(model)
+        opt.step()
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in coeffs.values())
+    assert sum(int(torch.count_nonzero(p.grad)) for p in own.values()) > 0
+    frozen = [n for n, p in model.named_parameters() if p.grad is not None and n not in params]
+    assert all(n.startswith("heads.") for n in frozen), frozen
