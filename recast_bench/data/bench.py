@@ -59,6 +59,14 @@ def _images_per_s(ds, batch_size: int, num_workers: int, epochs: int) -> float: 
     return n / (time.perf_counter() - t0)
 
 
+def _cpu_ms_per_image(ds, batch_size: int) -> float:  # noqa: ANN001
+    """CPU time per image of one in-process pass: unlike wall time, not inflated by other jobs on the machine."""
+    t0 = time.process_time()
+    for _ in DataLoader(ds, batch_size=batch_size, shuffle=True):
+        pass
+    return 1000 * (time.process_time() - t0) / len(ds)
+
+
 def measure_throughput(
     dataset: str = "flowers102",
     root: str = "data",
@@ -80,7 +88,9 @@ def measure_throughput(
             as they are in training.
 
     Returns:
-        ``uncached_img_s``, ``cached_img_s``, ``speedup``, ``cache_build_s`` (the one-off decode), sizes and setup.
+        ``uncached_img_s``, ``cached_img_s`` (wall clock, ``num_workers`` loader workers), ``speedup``,
+        ``*_cpu_ms_per_img`` (CPU time per image in one process: robust to other load on the machine; on ``k``
+        free cores, throughput is at most ``1000 * k / cpu_ms``), ``cache_build_s`` (the one-off decode), sizes.
     """
     rec = _head(records if records is not None else load_source(dataset, root).splits[part], max_images)
     tf = sample_transform(True, IMAGENET_MEAN, IMAGENET_STD)
@@ -88,7 +98,9 @@ def measure_throughput(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # workers do the work; one thread each avoids oversubscribing the cores
     try:
-        uncached = _images_per_s(SplitView([DecodedImages(rec, image_size)], idx, tf), batch_size, num_workers, epochs)
+        plain = SplitView([DecodedImages(rec, image_size)], idx, tf)
+        uncached = _images_per_s(plain, batch_size, num_workers, epochs)
+        uncached_cpu = _cpu_ms_per_image(plain, batch_size)
         with tempfile.TemporaryDirectory() as tmp:
             cdir = cache_dir or tmp
             npy, _ = cache_paths(cdir, dataset, part, image_size, rec)
@@ -96,6 +108,7 @@ def measure_throughput(
             cached_ds = cached_images(rec, dataset, part, image_size, cdir)
             build_s = time.perf_counter() - t0
             cached = _images_per_s(SplitView([cached_ds], idx, tf), batch_size, num_workers, epochs)
+            cached_cpu = _cpu_ms_per_image(SplitView([cached_ds], idx, tf), batch_size)
             cache_bytes = os.path.getsize(npy)
     finally:
         torch.set_num_threads(threads)
@@ -108,6 +121,8 @@ def measure_throughput(
         "uncached_img_s": round(uncached, 1),
         "cached_img_s": round(cached, 1),
         "speedup": round(cached / uncached, 1),
+        "uncached_cpu_ms_per_img": round(uncached_cpu, 3),
+        "cached_cpu_ms_per_img": round(cached_cpu, 3),
         "cache_build_s": round(build_s, 2),
         "cache_bytes": cache_bytes,
     }
