@@ -127,6 +127,26 @@ def test_report_tables_match_runs_and_show_paper(inputs, tmp_path, capsys):
     assert "figures/figure3_vit_tiny_synthetic.png" in readme
 
 
+def test_report_separates_settings_and_plots_gnk(inputs, tmp_path):
+    """Recast runs that differ in G (a sweep) form separate rows, and Figure 6 is drawn from them."""
+    base, runs, _ = inputs
+    sweep = tmp_path / "sweep"
+    for groups, params in ((1, 8), (2, 16)):
+        for seed in (1, 2):
+            res = json.loads((base / f"linear-s{seed}" / "results.json").read_text())
+            res["method"] = "recast"
+            res["config"]["method"] = {"recast": {"groups": groups, "target": "mlp"}}
+            res["trainable_params_per_task"] = [params] * len(res["tasks"])
+            (sweep / f"G{groups}-s{seed}").mkdir(parents=True)
+            (sweep / f"G{groups}-s{seed}" / "results.json").write_text(json.dumps(res))
+    out = tmp_path / "report"
+    assert cli_main(["report", str(sweep), "--out", str(out), "--quiet"]) == 0
+    t2 = _csv(out / "tables" / "table2_vit_tiny_synthetic.csv")
+    assert t2["recast{groups=1}"]["seeds"] == "2" and t2["recast{groups=2}"]["params_per_task"] == "16"
+    assert float(t2["recast{groups=1}"]["paper_acc"]) == 85.0
+    assert (out / "figures" / "figure6_vit_tiny_synthetic.png").stat().st_size > 1000
+
+
 def test_report_wandb_offline(inputs, tmp_path, monkeypatch):
     base, _, _ = inputs
     monkeypatch.setenv("WANDB_MODE", "offline")

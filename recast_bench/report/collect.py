@@ -121,8 +121,30 @@ def variant_of(res: dict) -> str | None:
 
 
 def label_of(res: dict) -> str:
+    """``method[variant]{settings}``: the label of the run's group (set by :func:`group_runs`)."""
+    if res.get("_label"):
+        return str(res["_label"])
     v = variant_of(res)
     return f"{res['method']}[{v}]" if v else str(res["method"])
+
+
+# Config keys that differ between seeds of one setting, or only change where/how a run is shown.
+_NOT_SETTINGS = {"seed", "out", "logger", "paths", "progress_bar", "num_workers", "method_name"}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if k not in _NOT_SETTINGS:
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def settings_of(res: dict) -> dict[str, Any]:
+    """The run's config flattened to dotted keys, without the seed and display-only keys."""
+    return _flat(res.get("config") or {})
 
 
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
@@ -147,10 +169,13 @@ class Group:
     backbone: str
     stream: str
     runs: list[dict]
+    tag: str | None = None
+    """The settings that tell this group from others of the same method (``target=attn,groups=2``)."""
 
     @property
     def label(self) -> str:
-        return f"{self.method}[{self.variant}]" if self.variant else self.method
+        base = f"{self.method}[{self.variant}]" if self.variant else self.method
+        return f"{base}{{{self.tag}}}" if self.tag else base
 
     @property
     def seeds(self) -> list[int]:
@@ -192,14 +217,32 @@ class Group:
 
 
 def group_runs(runs: list[dict]) -> list[Group]:
-    """Group by (method, variant, backbone, stream); two runs with the same seed in a group keep the first."""
+    """Group runs that differ only by seed: same method, variant, backbone, stream and settings.
+
+    Groups of one method with different settings (a G/n/K sweep) get a ``tag`` naming the settings that differ.
+    Two runs with the same seed and settings keep the first.
+    """
     groups: dict[tuple, Group] = {}
     for r in runs:
-        key = (r["method"], variant_of(r), r["backbone"], r["stream"])
+        settings = json.dumps(settings_of(r), sort_keys=True, default=str)
+        key = (r["method"], variant_of(r), r["backbone"], r["stream"], settings)
         g = groups.setdefault(key, Group(key[0], key[1], key[2], key[3], []))
-        if any(int(o["seed"]) == int(r["seed"]) and o["tasks"] == r["tasks"] for o in g.runs):
+        if any(int(o["seed"]) == int(r["seed"]) for o in g.runs):
             continue
         g.runs.append(r)
+    by_method: dict[tuple, list[Group]] = {}
+    for g in groups.values():
+        by_method.setdefault((g.method, g.variant, g.backbone, g.stream), []).append(g)
+    for clash in by_method.values():
+        if len(clash) < 2:
+            continue
+        flats = [settings_of(g.runs[0]) for g in clash]
+        keys = sorted({k for f in flats for k in f if len({str(x.get(k)) for x in flats}) > 1})
+        for g, f in zip(clash, flats):
+            g.tag = ",".join(f"{k.rsplit('.', 1)[-1]}={f.get(k)}" for k in keys)
+    for g in groups.values():
+        for r in g.runs:
+            r["_label"] = g.label
     return list(groups.values())
 
 
