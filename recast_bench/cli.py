@@ -15,6 +15,8 @@ from recast_bench.errors import UserError
 
 # Subcommands owned by other modules: each exposes ``add_parser(subparsers)`` setting ``func`` on its parser.
 SUBCOMMAND_MODULES = (
+    "recast_bench.pretrain",
+    "recast_bench.demo",
     "recast_bench.recast.cli",
     "recast_bench.data.cli",
     "recast_bench.report.cli",
@@ -62,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_group_option("stream", args.stream)
     overrides = build_run_overrides(args)
     if args.experiment:
-        overrides.insert(0, f"+experiment={args.experiment}")
+        overrides.insert(0, f"experiment={args.experiment}")  # defaults: optional experiment
     cfg = compose_config(overrides)
     res = run(cfg)
     print_summary([res])

@@ -118,6 +118,21 @@ def validate_group(name: str, cfg: Any, schema: type) -> Any:
     return merged
 
 
+def _force_group_keys(overrides: list[str]) -> list[str]:
+    """``trainer.epochs=5`` -> ``++trainer.epochs=5``.
+
+    Group yaml files hold only overrides, so most keys exist only in the dataclasses; Hydra would refuse to set
+    them. Forcing the key in is safe because every group is validated against its dataclass right after.
+    """
+    out = []
+    for ov in overrides:
+        head = ov.split("=", 1)[0]
+        if "=" in ov and "." in head and head.split(".", 1)[0] in (*GROUPS, "method") and not ov.startswith(("+", "~")):
+            ov = "++" + ov
+        out.append(ov)
+    return out
+
+
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides and validate every group."""
     from hydra import compose, initialize_config_dir
@@ -128,7 +143,7 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides or []))
+            cfg = compose(config_name=config_name, overrides=_force_group_keys(list(overrides or [])))
     except Exception as e:
         raise UserError(f"bad override: {str(e).splitlines()[0]}") from None
     OmegaConf.set_struct(cfg, False)

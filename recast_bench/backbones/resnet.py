@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet, resnet34
 

@@ -17,7 +17,9 @@ def _timm(name: str) -> nn.Module:
 
 def tiny_vit() -> nn.Module:
     """Same block structure as ViT-S (fused qkv, proj, fc1/fc2 MLP, cls token), just small."""
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=3, mlp_ratio=4.0, num_classes=0)
+    return VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=3, mlp_ratio=4.0, num_classes=0
+    )
 
 
 _SOURCE = "timm {0} weights (model.safetensors from the timm/{0} hub repo)"

@@ -64,7 +64,9 @@ def synthetic_stream(cfg, image_size: int, cache_dir: str | None = None) -> list
     return [synthetic_task(f"syn{i}", counts[i], image_size, 1000 * cfg.seed + i, cfg) for i in range(cfg.num_tasks)]
 
 
-def pretraining_set(num_classes: int, size: int, per_class: int, seed: int = 12345, noise: float = 0.6) -> TensorDataset:
+def pretraining_set(
+    num_classes: int, size: int, per_class: int, seed: int = 12345, noise: float = 0.6
+) -> TensorDataset:
     """The demo's separate pretraining data: its own classes and seeds, disjoint from the stream."""
     g = torch.Generator().manual_seed(seed)
     return make_split(_prototypes(num_classes, size, g), per_class, noise, g)

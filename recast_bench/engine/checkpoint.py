@@ -17,11 +17,15 @@ from safetensors.torch import load_file, save_file
 
 from recast_bench.errors import UserError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic_replace(path: Path, write) -> None:  # noqa: ANN001 (callable taking a tmp path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should be as readable as any other file
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -97,7 +101,9 @@ class RunLock:
             except FileExistsError:
                 pid = self._owner()
                 if pid is not None and _alive(pid) and pid != os.getpid():
-                    raise UserError(f"{self.path.parent} is in use by another run (pid {pid}); wait or use another --out")
+                    raise UserError(
+                        f"{self.path.parent} is in use by another run (pid {pid}); wait or use another --out"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process died
                 continue
             with os.fdopen(fd, "w") as f:

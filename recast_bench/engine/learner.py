@@ -53,11 +53,27 @@ def make_loader(ds, batch_size: int, shuffle: bool, tcfg: TrainerConfig, seed: i
     )
 
 
+def trainable_count(method: Method, model: TaskModel) -> int:
+    """Per-task learnt backbone numbers, head excluded. Masked methods count only active entries themselves."""
+    own = getattr(method, "count_task_params", None)
+    if own is not None:
+        return int(own(model))
+    return count(method.task_parameters(model)) + count(method.shared_parameters(model))
+
+
 class LightningLearner:
     """Trains each task with Lightning, selects the epoch on val, and restores a task's state to evaluate it."""
 
-    def __init__(self, model: TaskModel, method: Method, tcfg: TrainerConfig, seed: int, fingerprint: str,
-                 callbacks_factory=None, device: torch.device | None = None) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        model: TaskModel,
+        method: Method,
+        tcfg: TrainerConfig,
+        seed: int,
+        fingerprint: str,
+        callbacks_factory=None,
+        device: torch.device | None = None,
+    ) -> None:  # noqa: ANN001
         self.model = model
         self.method = method
         self.tcfg = tcfg
@@ -139,7 +155,7 @@ class LightningLearner:
             "val_acc": best["acc"] if best["epoch"] >= 0 else None,
             "best_epoch": best["epoch"],
             "train_s": train_s,
-            "trainable_params": count(self.method.task_parameters(m)) + count(self.method.shared_parameters(m)),
+            "trainable_params": trainable_count(self.method, m),
             "head_params": count(dict(m.heads[head_key(t)].named_parameters())),
         }
 
@@ -163,7 +179,7 @@ class LightningLearner:
         prefix = f"heads.{head_key(t)}."
         meta = {"fingerprint": self.fingerprint, "task": task.name, "task_index": str(t)}
         own = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        head = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         n_bytes = save_tensors(task_dir / STATE_FILE, own, meta) if own else 0
         head_bytes = save_tensors(task_dir / HEAD_FILE, head, meta)
         return {"bytes": n_bytes, "head_bytes": head_bytes}

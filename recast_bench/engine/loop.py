@@ -168,7 +168,9 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
         res["train_s_per_task"][t] = stats.get("train_s")
         res["completed_tasks"] = t + 1
         res["wall_s"] = float(res["wall_s"]) + time.perf_counter() - start
-        res["peak_mem_mb"] = max(float(res["peak_mem_mb"]), peak_mem_mb(getattr(learner, "device", torch.device("cpu"))))
+        res["peak_mem_mb"] = max(
+            float(res["peak_mem_mb"]), peak_mem_mb(getattr(learner, "device", torch.device("cpu")))
+        )
         res["log_step"] = step["n"]
         summarise(res)
         log_task_results(logger, res, step["n"])

@@ -122,7 +122,9 @@ class Method:
     def on_train_batch_start(self, model: TaskModel, batch_idx: int, num_batches: int, epoch: int) -> None:
         """Per-batch schedules (HAT's annealed gate temperature)."""
 
-    def training_loss(self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """Return the loss to minimise; add regularisers here."""
         return loss
 
@@ -223,7 +225,9 @@ class CompositeMethod(Method):
         for p in self.parts:
             p.on_train_batch_start(model, batch_idx, num_batches, epoch)
 
-    def training_loss(self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         for p in self.parts:
             loss = p.training_loss(model, loss, logits, y)
         return loss
@@ -243,6 +247,11 @@ class CompositeMethod(Method):
         for p in self.parts:
             own = set(p.task_state(model))
             p.load_task_state(model, {k: v for k, v in state.items() if k in own})
+
+    def count_task_params(self, model: TaskModel) -> int:
+        from recast_bench.engine.learner import trainable_count
+
+        return sum(trainable_count(p, model) for p in self.parts)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "parts": [p.describe() for p in self.parts]}

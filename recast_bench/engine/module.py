@@ -67,7 +67,9 @@ class TaskModule(L.LightningModule):
         for m in self._frozen_bn:
             m.eval()
         self.model.active_task = self.task_index
-        self.method.on_train_batch_start(self.model, batch_idx, int(self.trainer.num_training_batches), self.current_epoch)
+        self.method.on_train_batch_start(
+            self.model, batch_idx, int(self.trainer.num_training_batches), self.current_epoch
+        )
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -16,7 +16,9 @@ REQUIRED_KEYS = (
 )  # fmt: skip
 
 
-def new_results(method: str, backbone: str, stream: str, seed: int, tasks: list[str], config: dict, **extra: Any) -> dict:
+def new_results(
+    method: str, backbone: str, stream: str, seed: int, tasks: list[str], config: dict, **extra: Any
+) -> dict:
     n = len(tasks)
     return {
         "schema_version": SCHEMA_VERSION,
