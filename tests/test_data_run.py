@@ -13,7 +13,7 @@ METHODS = [
     ("linear", []),
     pytest.param(
         "recast",
-        ["++recast.mimic_iters=20", "++recast.groups=2"],
+        ["method.recast.mimic_iters=20", "method.recast.groups=2"],
         marks=pytest.mark.skipif(not (CONF_DIR / "method/recast.yaml").is_file(), reason="recast not landed"),
     ),
 ]
@@ -24,7 +24,7 @@ METHODS = [
 def test_run_six_stream_over_fixture_root(six_root, tmp_path, method, extra):
     out = tmp_path / "run"
     argv = ["run", "--method", method, "--backbone", "vit_tiny", "--stream", "six", "--out", str(out),
-            f"++stream.root={six_root}", f"++paths.cache_dir={tmp_path / 'cache'}", "trainer=tiny",
+            f"stream.root={six_root}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer=tiny",
             "trainer.epochs=1", "backbone.allow_random_init=true", "logger=none", *extra]  # fmt: skip
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
