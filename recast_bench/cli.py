@@ -145,7 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless the user asks
     quiet_libraries()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # Overrides may come before or after options (`run ... k=v --stream six k2=v2`); argparse cannot
+        # intermix positionals with subparsers, so leftover `key=value` tokens of `run` are overrides too.
+        if extra and getattr(args, "func", None) is cmd_run and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"recast-bench: error: {e}", file=sys.stderr)

@@ -47,7 +47,8 @@ def test_finetune_shows_forgetting_and_saves_shared_state(run_args, tmp_path):
     validate(res)
     assert res["isolates_tasks"] is False
     assert res["trainable_params_per_task"][0] > 10_000  # the whole backbone trains
-    assert (out / "shared.safetensors").exists()
+    assert (out / "tasks" / "syn2" / "shared.safetensors").exists()
+    assert not (out / "tasks" / "syn0" / "shared.safetensors").exists(), "superseded shared states are pruned"
     # earlier tasks are re-evaluated with the drifted backbone, not copied from the diagonal
     assert res["acc_matrix"][2][0] != res["acc_matrix"][0][0] or res["acc_matrix"][2][1] != res["acc_matrix"][1][1]
 
@@ -108,7 +109,7 @@ def test_task_state_round_trips(run_args, tmp_path):
     from recast_bench.config import TrainerConfig
 
     learner = LightningLearner(model, method, TrainerConfig(eval_batch_size=64), 42, res["fingerprint"])
-    learner.load_shared(out / "shared.safetensors")
+    learner.load_shared(out / "tasks" / "syn2" / "shared.safetensors")
     for t, task in enumerate(tasks):
         learner.load_task(t, task, out / "tasks" / task.name)
     # restoring from disk reproduces exactly the accuracies of the finished run

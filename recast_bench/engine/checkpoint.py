@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from recast_bench.engine.faults import failpoint
 from recast_bench.errors import UserError
 
 _UMASK = os.umask(0)
@@ -30,6 +31,7 @@ def _atomic_replace(path: Path, write) -> None:  # noqa: ANN001 (callable taking
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        failpoint("checkpoint_write")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

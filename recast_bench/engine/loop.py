@@ -7,8 +7,10 @@ restored state. ``results.json`` is rewritten atomically after every task, so a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
@@ -22,6 +24,7 @@ from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import build_stream
 from recast_bench.engine.build import build_method
 from recast_bench.engine.checkpoint import RunLock, read_json, write_json
+from recast_bench.engine.faults import failpoint
 from recast_bench.engine.learner import LightningLearner
 from recast_bench.engine.logging import EpochMetrics, finish_logger, log_task_results, make_logger
 from recast_bench.engine.method import RunContext
@@ -68,8 +71,20 @@ def task_dir(out: Path, name: str) -> Path:
     return out / "tasks" / name
 
 
+def is_rank_zero() -> bool:
+    """Lightning's DDP launcher re-runs this command in each child process; only global rank 0 writes files."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID")
+    if rank is not None:
+        return int(rank) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
 def run(cfg: DictConfig, echo: bool = True) -> dict:
-    """Run (or resume) one method over one stream; returns the results dict also written to ``results.json``."""
+    """Run (or resume) one method over one stream; returns the results dict also written to ``results.json``.
+
+    Everything that can fail on bad input (names, values, datasets, weight files) is built before the output
+    directory is touched, so a rejected run creates and overwrites nothing.
+    """
     load_all()
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -82,22 +97,17 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     method = build_method(cfg.method_name, cfg.method, spec.family)  # validates names and values up front
     out = Path(cfg.out)
     fp = fingerprint(plain)
+    rank0 = is_rank_zero()
+    prev = None
+    if (out / RESULTS).exists():
+        prev = read_json(out / RESULTS)
+        if prev.get("fingerprint") != fp:
+            raise UserError(f"{out} holds a run with another method, backbone or config; use another --out")
+        if prev.get("status") == "complete":
+            if echo and rank0:
+                print(f"{out}: already complete, nothing to do", file=sys.stderr)
+            return prev
 
-    prepare_out_dir(out)
-    with RunLock(out):
-        prev = None
-        if (out / RESULTS).exists():
-            prev = read_json(out / RESULTS)
-            if prev.get("fingerprint") != fp:
-                raise UserError(f"{out} holds a run with another method, backbone or config; use another --out")
-            if prev.get("status") == "complete":
-                if echo:
-                    print(f"{out}: already complete, nothing to do", file=sys.stderr)
-                return prev
-        return _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo)
-
-
-def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  # noqa: ANN001
     seed = int(cfg.seed)
     seed_everything(seed)
     image_size = cfg.backbone.image_size or spec.image_size
@@ -105,6 +115,22 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
     backbone, spec, weights_path = build_backbone(
         spec.name, cfg.backbone.weights, cfg.paths.weights_dir, cfg.backbone.allow_random_init
     )
+    if prev is not None and prev["tasks"] != [t.name for t in tasks]:
+        raise UserError(f"{out} holds a run over tasks {prev['tasks']}, not this stream; use another --out")
+
+    if rank0:
+        prepare_out_dir(out)
+    lock = RunLock(out) if rank0 else contextlib.nullcontext()
+    with lock:
+        if rank0 and (out / RESULTS).exists():  # another run may have finished it while we were building
+            prev = read_json(out / RESULTS)
+        return _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo and rank0, tasks, backbone,
+                           weights_path, image_size, rank0)  # fmt: skip
+
+
+def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, backbone, weights_path, image_size,
+                rank0) -> dict:  # noqa: ANN001  # fmt: skip
+    seed = int(cfg.seed)
     model = TaskModel(backbone, num_features(backbone))
     method.ctx = RunContext(
         backbone_name=spec.name,
@@ -116,6 +142,7 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
         image_size=image_size,
         device="cuda" if (tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()) else "cpu",
     )
+    seed_everything(seed)
     method.setup(model)
     backbone_params = sum(p.numel() for p in model.backbone.parameters())
 
@@ -124,9 +151,7 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
         fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
         isolates_tasks=method.isolates_tasks, weights=weights_path, versions=_versions(),
     )  # fmt: skip
-    if res["tasks"] != [t.name for t in tasks]:
-        raise UserError(f"{out} holds a run over tasks {res['tasks']}, not this stream; use another --out")
-    logger = make_logger(cfg.logger, out, f"{cfg.method_name}-{spec.name}-s{seed}", plain)
+    logger = make_logger(cfg.logger, out, f"{cfg.method_name}-{spec.name}-s{seed}", plain) if rank0 else None
     step = {"n": int(res.get("log_step", 0))}
 
     def callbacks(t: int, task) -> list:  # noqa: ANN001
@@ -140,8 +165,8 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
         learner = LightningLearner(model, method, tcfg, seed, fp, callbacks_factory=callbacks)
 
     done = int(res["completed_tasks"])
-    if done:  # resume: restore shared state and every completed task's state
-        learner.load_shared(out / SHARED)
+    if done:  # resume: the shared state as it was after the last completed task, then every task's own state
+        learner.load_shared(task_dir(out, tasks[done - 1].name) / SHARED)
         for t in range(done):
             learner.load_task(t, tasks[t], task_dir(out, tasks[t].name))
         if echo:
@@ -152,8 +177,13 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
         start = time.perf_counter()
         seed_everything(seed + 1000 * (t + 1))  # per-task seed: a resumed run replays exactly
         stats = learner.fit_task(t, task)
-        sizes = learner.save_task(t, task, task_dir(out, task.name))
-        learner.save_shared(out / SHARED)
+        if rank0:
+            sizes = learner.save_task(t, task, task_dir(out, task.name))
+            # Shared state is versioned per task: a kill before results.json is rewritten must not leave a
+            # shared state newer than the last completed task.
+            learner.save_shared(task_dir(out, task.name) / SHARED)
+        else:
+            sizes = {"bytes": None, "head_bytes": None}
         row = res["acc_matrix"][t]
         for j in range(t + 1):
             row[j] = learner.evaluate(j, tasks[j])
@@ -168,22 +198,26 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo) -> dict:  #
         res["train_s_per_task"][t] = stats.get("train_s")
         res["completed_tasks"] = t + 1
         res["wall_s"] = float(res["wall_s"]) + time.perf_counter() - start
-        res["peak_mem_mb"] = max(
-            float(res["peak_mem_mb"]), peak_mem_mb(getattr(learner, "device", torch.device("cpu")))
-        )
-        res["log_step"] = step["n"]
+        mem = peak_mem_mb(getattr(learner, "device", torch.device("cpu")))
+        res["peak_mem_mb"] = max(float(res["peak_mem_mb"]), mem)
         summarise(res)
-        log_task_results(logger, res, step["n"])
+        if rank0:
+            log_task_results(logger, res, step["n"])
         step["n"] += 1
         res["log_step"] = step["n"]
-        write_json(out / RESULTS, res)
+        if rank0:
+            write_json(out / RESULTS, res)
+            if t > 0:  # the previous shared state is no longer needed to resume
+                (task_dir(out, tasks[t - 1].name) / SHARED).unlink(missing_ok=True)
+        failpoint("task_done")
         if echo:
             accs = " ".join(f"{a:.1f}" for a in row[: t + 1])
             print(f"[{cfg.method_name}] task {t + 1}/{len(tasks)} {task.name}: test acc {accs}", file=sys.stderr)
 
     res["status"] = "complete"
-    write_json(out / RESULTS, res)
-    finish_logger(logger, res)
+    if rank0:
+        write_json(out / RESULTS, res)
+        finish_logger(logger, res)
     return res
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from recast_bench.config import TrainerConfig
+from recast_bench.engine.faults import failpoint
 from recast_bench.engine.method import Method
 from recast_bench.engine.model import TaskModel
 from recast_bench.errors import UserError
@@ -19,6 +20,13 @@ from recast_bench.errors import UserError
 
 class NonFiniteLoss(UserError):
     """Training diverged; the message names the task and the step."""
+
+
+def check_labels(y: torch.Tensor, num_classes: int, task_name: str) -> None:
+    """A label outside the head's range would silently index garbage (or crash deep in CUDA): name it."""
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.max()) if int(y.max()) >= num_classes else int(y.min())
+        raise UserError(f"task {task_name!r} has label {bad}, outside 0..{num_classes - 1}; check its dataset")
 
 
 def lr_step_size(tcfg: TrainerConfig) -> int:
@@ -50,6 +58,7 @@ class TaskModule(L.LightningModule):
         self.trainable = trainable
         self.tcfg = tcfg
         self.on_val_acc = on_val_acc
+        self.num_classes = num_classes
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
@@ -63,6 +72,10 @@ class TaskModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.task_index)
 
+    def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        check_labels(batch[1], self.num_classes, self.task_name)  # still on the CPU here: no device sync
+        return batch
+
     def on_train_batch_start(self, batch: tuple, batch_idx: int) -> None:
         for m in self._frozen_bn:
             m.eval()
@@ -73,6 +86,7 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        failpoint("mid_task")
         logits = self(x)
         loss = self.method.training_loss(self.model, F.cross_entropy(logits, y), logits, y)
         if not torch.isfinite(loss):
