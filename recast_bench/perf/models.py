@@ -1,0 +1,118 @@
+"""Models for the perf figures, built the way the engine builds them (so the timings are the engine's).
+
+A method's model is a :class:`TaskModel` over a copy of one seeded backbone, with ``method.setup`` run under a
+context like the engine's; trainable parameters and optimizer groups follow ``LightningLearner.trainable`` and
+``TaskModule.configure_optimizers`` (everything frozen, then the method's task/shared parameters and the head).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recast_bench.engine.method import Method, RunContext
+from recast_bench.engine.model import TaskModel, head_key
+
+PEFT_LORA = "peft_lora_qkv_r1"
+"""Name of the PEFT reference in the training-step figure: LoRA rank 1 on timm's fused ``qkv`` (Q, K and V)."""
+
+
+def seeded_backbone(name: str, seed: int, weights_dir: str) -> tuple[nn.Module, Any, str | None]:
+    """``build_backbone`` with local weights when present, else random weights that depend on ``seed`` only."""
+    from recast_bench.backbones import build_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(name, None, weights_dir, allow_random_init=True)
+
+
+def method_model(
+    name: str,
+    backbone: nn.Module,
+    spec: Any,
+    cache_dir: str,
+    seed: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    num_classes: int = 10,
+) -> tuple[TaskModel, Method]:
+    """A copy of ``backbone`` wrapped in a TaskModel, with method ``name`` set up and task 0's head added.
+
+    ``overrides`` maps a method (part) name to config overrides, as ``method.<name>.*`` does on the command line.
+    """
+    from recast_bench.engine.build import build_method
+
+    method = build_method(name, overrides or {}, spec.family)
+    model = TaskModel(copy.deepcopy(backbone), int(backbone.num_features))
+    method.ctx = RunContext(
+        backbone_name=spec.name, family=spec.family, cache_dir=cache_dir, seed=seed, image_size=spec.image_size
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        method.setup(model)
+        model.add_head(0, num_classes)
+    return model, method
+
+
+def peft_lora_model(backbone: nn.Module, num_classes: int = 10) -> tuple[TaskModel, Method]:
+    """PEFT's LoRA (rank 1, alpha 1, no dropout) on every ``qkv``; a no-op Method whose task params are LoRA's."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    bb = inject_adapter_in_model(
+        LoraConfig(r=1, lora_alpha=1, lora_dropout=0.0, target_modules=["qkv"]), copy.deepcopy(backbone)
+    )
+    model = TaskModel(bb, int(backbone.num_features))
+    model.add_head(0, num_classes)
+    return model, _PeftLora(Method.Config())
+
+
+class _PeftLora(Method):
+    name = PEFT_LORA
+
+    def task_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+
+def engine_trainable(model: TaskModel, method: Method, t: int = 0) -> dict[str, nn.Parameter]:
+    """Freeze everything, then unfreeze the method's task and shared parameters and task ``t``'s head."""
+    model.requires_grad_(False)
+    params = dict(method.task_parameters(model))
+    params.update(method.shared_parameters(model))
+    params.update({f"heads.{head_key(t)}.{k}": p for k, p in model.heads[head_key(t)].named_parameters()})
+    for p in params.values():
+        p.requires_grad_(True)
+    return params
+
+
+def engine_optimizer(model: TaskModel, method: Method, trainable: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters with the engine's groups (no weight decay where the method says)."""
+    cfg = method.cfg
+    no_decay = method.no_weight_decay(model)
+    groups: dict[tuple, list[nn.Parameter]] = {}
+    for n, p in trainable.items():
+        lr = cfg.head_lr if (n.startswith("heads.") and cfg.head_lr) else cfg.lr
+        groups.setdefault((lr, 0.0 if n in no_decay else cfg.weight_decay), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
+
+
+def train_step(model: TaskModel, method: Method, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One engine training step: forward, the method's loss, backward, gradient hook, optimizer step, post-step."""
+    method.on_train_batch_start(model, 0, 1, 0)
+    opt.zero_grad(set_to_none=True)
+    logits = model(x, 0)
+    loss = method.training_loss(model, F.cross_entropy(logits, y), logits, y)
+    loss.backward()
+    method.on_after_backward(model)
+    opt.step()
+    method.on_after_optimizer_step(model)
+    return float(loss.detach())
+
+
+def count_task_params(model: TaskModel, method: Method) -> int:
+    """Per-task trainable numbers, head excluded (the engine's ``trainable_count``)."""
+    from recast_bench.engine.learner import trainable_count
+
+    return int(trainable_count(method, model))
