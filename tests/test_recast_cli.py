@@ -18,6 +18,7 @@ from recast_bench.recast.pipeline import load_recast_model
 def test_mimic_writes_artifacts_and_report(tmp_path, capsys):
     out = tmp_path / "m"
     argv = ["mimic", "--backbone", "vit_tiny", "--groups", "2", "--out", str(out), "--cache-dir", str(tmp_path / "c")]
+    argv.append("--plots")
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["per_task_params"] == 32 and summary["from_cache"] is False
@@ -76,7 +77,7 @@ def test_imagenet_check_on_generated_folder(tmp_path, tiny_imagenet, capsys):
     weights, root = tiny_imagenet
     out = tmp_path / "mi"
     argv = ["mimic", "--backbone", "vit_tiny", "--weights", str(weights), "--groups", "2", "--out", str(out)]
-    assert main([*argv, "--imagenet-val", str(root), "--cache-dir", "", "--no-plots"]) == 0
+    assert main([*argv, "--imagenet-val", str(root), "--cache-dir", ""]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["classifier"] == "pretrained"
     inet = report["imagenet"]

@@ -56,7 +56,7 @@ def _train(model, method, t, steps=5, lr=5e-2):
 def test_registered_and_loadable():
     load_all()
     assert "recast" in METHODS
-    assert METHODS.get("recast").Config().groups == 6
+    assert METHODS.get("recast").Config().groups is None  # 2 blocks per group (paper Table 6)
 
 
 def test_only_coefficients_and_head_get_gradients(tmp_path):
@@ -113,7 +113,7 @@ def test_resnet_batchnorm_stats_do_not_change(tmp_path):
 
 def test_config_presets_and_validation():
     cfg = METHODS.get("recast").Config(preset="c24")
-    assert (cfg.target, cfg.groups, cfg.templates, cfg.sets) == ("attn", 6, 2, 1)
+    assert (cfg.target, cfg.groups, cfg.templates, cfg.sets) == ("attn", None, 2, 1)
     with pytest.raises(UserError, match="groups must be a positive integer"):
         build_method("recast", {"recast": {"groups": 0}}, "vit")
     with pytest.raises(UserError, match="preset"):

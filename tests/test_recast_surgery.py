@@ -26,6 +26,11 @@ def test_vit_small_per_task_counts_match_paper(vit_small, target, expected):
     assert plan.per_task_params() == 12 * modules_per_block * 2 * 2
 
 
+def test_default_spec_is_paper_table6_on_vit_small(vit_small):
+    plan = make_plan(vit_small, "vit", RecastSpec())
+    assert plan.spec["groups"] == 6 and plan.per_task_params() == 96
+
+
 def test_vit_grouping_and_per_type_banks(vit_small):
     plan = make_plan(vit_small, "vit", RecastSpec(groups=6, templates=2, sets=2, target="mlp+proj"))
     keys = [b.key for b in plan.banks]

@@ -1,7 +1,8 @@
 """The ``recast-bench mimic`` subcommand: Neural Mimicry of a backbone into RECAST templates and coefficients.
 
 Writes ``OUT/recast.safetensors`` + ``OUT/recast.json`` (the artifact), ``OUT/report.json`` (weight, feature and
-logit similarity, diversity metrics, seconds, memory; ImageNet top-1 with ``--imagenet-val``) and ``OUT/plots/``.
+logit similarity, diversity metrics, seconds, memory; ImageNet top-1 with ``--imagenet-val``) and, with
+``--plots``, ``OUT/plots/*.png``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--loss", default="smoothl1", help="smoothl1 | mse | smoothl1_noise | vae | vae_mse")
     p.add_argument("--init", default="svd", help="svd (closed form, then refine) | random (paper)")
     p.add_argument("--iters", type=int, default=None, help="max iterations (default: paper, ViT 1000 / ResNet 3000)")
-    p.add_argument("--groups", type=int, default=6, help="G (ViT)")
+    p.add_argument("--groups", type=int, default=None, help="G (ViT; default: 2 blocks per group, 6 on ViT-S)")
     p.add_argument("--templates", type=int, default=2, help="n per bank (ViT)")
     p.add_argument("--sets", type=int, default=2, help="K coefficient sets")
     p.add_argument("--target", default="mlp", help="ViT: mlp | attn | attn+mlp (| +proj)")
@@ -38,11 +39,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--imagenet-val", default=None, help="ImageNet-1k val folder (DIR/<wnid>/*.JPEG)")
     p.add_argument("--imagenet-limit", type=int, default=None, help="evaluate only the first N val images")
     p.add_argument("--cache-dir", default="data/cache", help="Neural Mimicry cache ('' disables)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch for the feature-similarity report")
+    p.add_argument("--batch-size", type=int, default=4, help="batch for the feature-similarity report")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--plots", action="store_true", help="also write PNG plots (diversity, features)")
     p.set_defaults(func=handler)
 
 
@@ -80,7 +81,7 @@ def handler(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         image_size=args.image_size,
         seed=args.seed,
-        plots=not args.no_plots,
+        plots=args.plots,
     )
     report = run_mimic(job)
     w, o = report["weight_cosine"], report["outputs"]

@@ -37,12 +37,12 @@ if TYPE_CHECKING:
     from recast_bench.engine.model import TaskModel
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Per-task coefficient counts on ViT-S (12 blocks), spanning Figure 3's 24-96 range.
-    "c24": {"target": "attn", "groups": 6, "templates": 2, "sets": 1},  # 12 * 1 * 2 * 1
-    "c48": {"target": "mlp", "groups": 6, "templates": 2, "sets": 1},  # 12 * 2 * 2 * 1
+    # Per-task coefficient counts on ViT-S (12 blocks), spanning Figure 3's 24-96 range (groups None: 2 blocks each).
+    "c24": {"target": "attn", "groups": None, "templates": 2, "sets": 1},  # 12 * 1 * 2 * 1
+    "c48": {"target": "mlp", "groups": None, "templates": 2, "sets": 1},  # 12 * 2 * 2 * 1
     "c72": {"target": "mlp", "groups": 4, "templates": 3, "sets": 1},  # 12 * 2 * 3 * 1
-    "c96": {"target": "mlp", "groups": 6, "templates": 2, "sets": 2},  # the paper's default
-    "c144": {"target": "attn+mlp", "groups": 6, "templates": 2, "sets": 2},
+    "c96": {"target": "mlp", "groups": None, "templates": 2, "sets": 2},  # the paper's default
+    "c144": {"target": "attn+mlp", "groups": None, "templates": 2, "sets": 2},
 }
 MIMIC_KEY = "_recast_mimicked"
 """Attribute of each generated-weight layer holding its mimicked coefficients (the per-task starting point)."""
@@ -56,8 +56,8 @@ class RecastConfig(MethodConfig):
     """Paper: AdamW 2e-3 (range 2e-3 to 5e-3)."""
     weight_decay: float = 1e-6
     """Paper: 1e-6 (coefficients are excluded from it anyway)."""
-    groups: int = 6
-    """G (ViT). Paper: 6 (ViT-S/B), 12 (ViT-L)."""
+    groups: int | None = None
+    """G (ViT). null: two blocks per group, paper Table 6 (6 for ViT-S/B, 12 for ViT-L)."""
     templates: int = 2
     """n per bank (ViT). Paper: 2."""
     sets: int = 2

@@ -64,10 +64,10 @@ class MimicJob:
     weights_dir: str = "data/weights"
     imagenet_val: str | None = None
     imagenet_limit: int | None = None
-    batch_size: int = 8
+    batch_size: int = 4
     image_size: int | None = None
     seed: int = 0
-    plots: bool = True
+    plots: bool = False
 
 
 def _peak_mem_mb(device: str) -> dict[str, float]:

@@ -39,8 +39,9 @@ PLAN_ATTR = "recast_plan"
 class RecastSpec:
     """The user-facing RECAST shape: groups, templates per bank, coefficient sets, targets."""
 
-    groups: int = 6
-    """G, ViT only (ResNet groups are its stages). Paper: 6 for ViT-S/B (12 blocks), 12 for ViT-L."""
+    groups: int | None = None
+    """G, ViT only (ResNet groups are its stages). ``None``: two blocks per group, the paper's Table 6 setting
+    (G=6 for the 12-block ViT-S/B, 12 for ViT-L; 2 for the 4-block test ViT)."""
     templates: int = 2
     """n per bank, ViT. Paper: 2."""
     sets: int = 2
@@ -57,6 +58,8 @@ class RecastSpec:
     def __post_init__(self) -> None:
         for name in ("groups", "templates", "sets"):
             v = getattr(self, name)
+            if name == "groups" and v is None:
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"recast {name} must be a positive integer, got {v!r}")
         if self.resnet_templates is not None and self.resnet_templates <= 0:
@@ -152,6 +155,8 @@ def plan_vit(backbone: nn.Module, spec: RecastSpec) -> RecastPlan:
         raise ValueError("backbone has no timm ViT `blocks`; RECAST's ViT surgery needs a timm VisionTransformer")
     depth = len(blocks)
     groups, n = spec.groups, spec.templates
+    if groups is None:
+        groups = depth // 2 if depth % 2 == 0 else depth
     if spec.sharing is not None:
         per_group = SHARING_SCHEMES[spec.sharing] or depth
         if depth % per_group:
