@@ -133,8 +133,8 @@ def test_lora_and_dora_match_peft(dora) -> None:
         ours.lora["all"].A.copy_(a)
         ours.lora["all"].B.copy_(b)
     x = torch.randn(5, 7, 16)
-    diff = (ours(x) - ref(x)).abs().max().item()
-    assert diff < 1e-5, diff
+    # Same function, different float32 summation order (merged weight vs. separate branch): ~1e-6 relative.
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=2e-5)
 
 
 # ---- equations on small layers --------------------------------------------------------------------------------
