@@ -27,7 +27,7 @@ BENCH_METHODS_vit := linear rosa@sparse_mlp recast+rosa@sparse_mlp recast l2p in
 BENCH_METHODS ?= $(if $(findstring resnet,$(BACKBONE)),$(BENCH_METHODS_resnet),$(BENCH_METHODS_vit))
 
 # TINY=1: random-init backbone, 1 epoch, 2 tiny tasks, no W&B -- a plumbing check, not a result.
-BENCH_TINY_EXTRA := backbone.allow_random_init=true trainer=tiny trainer.epochs=1 trainer.batch_size=8 \
+BENCH_TINY_EXTRA := ++backbone.allow_random_init=true trainer=tiny trainer.epochs=1 trainer.batch_size=8 \
 	++stream.num_tasks=2 '++stream.classes_per_task=[3,4]' ++stream.train_per_class=4 ++stream.val_per_class=2 \
 	++stream.test_per_class=4 logger=none
 BENCH_EXTRA = $(EXTRA) $(if $(TINY),$(BENCH_TINY_EXTRA))

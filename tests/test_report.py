@@ -157,6 +157,24 @@ def test_report_wandb_offline(inputs, tmp_path, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "no offline W&B run written"
 
 
+def test_report_reads_perf_mimicry(tmp_path):
+    """Table 5 from a ``perf.json`` alone (CPU and GPU sections), with the paper's seconds beside ours."""
+    perf = {
+        "mimicry": {"vit_tiny": {"svd": {"seconds": 1.5, "peak_rss_mb": 900.0, "iters_run": 3}, "random": "n/a"}},
+        "gpu": {"device": "H200", "mimicry": {"vit_small/svd": {"seconds": 2.0, "peak_cuda_gb": 0.5}}},
+    }
+    (tmp_path / "perf").mkdir()
+    (tmp_path / "perf" / "perf.json").write_text(json.dumps(perf))
+    out = tmp_path / "report"
+    assert cli_main(["report", str(tmp_path / "perf"), "--out", str(out), "--quiet"]) == 0
+    with (out / "tables" / "table5_mimicry.csv").open() as f:
+        rows = {r["backbone"]: r for r in csv.DictReader(f)}
+    assert float(rows["vit_tiny"]["seconds"]) == 1.5 and rows["vit_tiny"]["paper_seconds"] == ""
+    assert float(rows["vit_small"]["memory_mb"]) == 512.0 and rows["vit_small"]["device"] == "H200"
+    assert float(rows["vit_small"]["seconds_diff"]) == pytest.approx(2.0 - 37.4)
+    assert "Tables 1, 2 and 4" in (out / "README.md").read_text()  # no runs: skipped, with the reason
+
+
 def test_report_user_errors(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "nope-*"), "--out", str(tmp_path / "r")]) == 2
     (tmp_path / "empty").mkdir()
@@ -198,5 +216,5 @@ def test_bench_mk_expands_methods_seeds_and_variants(tmp_path):
     runs = [ln for ln in text.splitlines() if "recast-bench run " in ln]
     assert len(runs) == 4
     assert any("--method rosa " in ln and "method.rosa.variant=full" in ln and "/rosa@full-s2" in ln for ln in runs)
-    assert all("backbone.allow_random_init=true" in ln for ln in runs)
+    assert all("++backbone.allow_random_init=true" in ln for ln in runs)
     assert "recast-bench report" in text and f"{tmp_path}/bench/vit_small-synthetic/report" in text

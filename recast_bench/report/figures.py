@@ -203,6 +203,8 @@ def figure7_8(inp: Inputs, out: Path) -> list[Path]:
     if not reps:
         raise Skip("no mimic report.json with diversity metrics")
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig7, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     fig8, ax8 = plt.subplots(figsize=(5.5, 3.6))
     for rep in reps:
@@ -217,6 +219,7 @@ def figure7_8(inp: Inputs, out: Path) -> list[Path]:
     ):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("group")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # groups are whole numbers
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
     fig7.suptitle("Figure 7: template diversity per group", fontsize=10)

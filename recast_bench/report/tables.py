@@ -217,36 +217,39 @@ def _memory_mb(mem: dict) -> float | None:
 
 
 def perf_mimic_records(perf: dict) -> list[dict]:
-    """Neural Mimicry records found anywhere in a ``perf.json``: dicts naming a ``backbone`` with a time."""
+    """Neural Mimicry records of a ``perf.json``: ``mimicry.<backbone>.<init>`` (CPU) and
+    ``gpu.mimicry["<backbone>/<init>"]`` (GPU), each with ``seconds`` and a peak memory."""
     found: list[dict] = []
 
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            secs = next((node[k] for k in ("mimic_s", "mimicry_s", "seconds", "wall_s", "time_s") if k in node), None)
-            if isinstance(secs, dict):
-                secs = secs.get("mimicry", secs.get("total"))
-            if "backbone" in node and isinstance(secs, int | float) and "mimic" in (path + str(node.get("kind", ""))):
-                mem = next(
-                    (node[k] for k in ("peak_mem_mb", "peak_cuda_mb", "peak_rss_mb", "memory_mb") if k in node),
-                    _memory_mb(node.get("memory", {})),
-                )
-                found.append(
-                    {
-                        "backbone": node["backbone"],
-                        "seconds": float(secs),
-                        "memory_mb": mem,
-                        "device": node.get("device"),
-                        "label": path or "perf",
-                    }
-                )
-                return
-            for k, v in node.items():
-                walk(v, f"{path}.{k}" if path else str(k))
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{path}[{i}]")
+    def add(backbone: str, init: str, r: dict, device: str) -> None:
+        mem = r["peak_cuda_gb"] * 1024 if "peak_cuda_gb" in r else r.get("peak_cuda_mb", r.get("peak_rss_mb"))
+        found.append(
+            {
+                "backbone": backbone,
+                "init": init,
+                "seconds": float(r["seconds"]),
+                "memory_mb": mem,
+                "device": device,
+                "iters": r.get("iters_run"),
+                "projected": r.get("projected_paper_s"),
+            }
+        )
 
-    walk({k: v for k, v in perf.items() if k != "_dir"}, "")
+    def section(d: dict, device: str) -> None:
+        for key, val in d.items():
+            if isinstance(val, dict) and isinstance(val.get("seconds"), int | float):
+                name, _, init = key.partition("/")
+                add(name, init, val, device)
+            elif isinstance(val, dict):
+                for init, r in val.items():
+                    if isinstance(r, dict) and isinstance(r.get("seconds"), int | float):
+                        add(key, init, r, device)
+
+    if isinstance(perf.get("mimicry"), dict):
+        section(perf["mimicry"], str(perf.get("device", "cpu")))
+    for key, val in perf.items():
+        if isinstance(val, dict) and isinstance(val.get("mimicry"), dict):
+            section(val["mimicry"], str(val.get("device", key)))
     return found
 
 
@@ -289,13 +292,16 @@ def mimicry_table(inp: Inputs) -> Table | None:
     for perf in inp.perf:
         for rec in perf_mimic_records(perf):
             prow = paper.mimicry_row(rec["backbone"])
+            config = f"perf init={rec['init']}"
+            if rec["projected"] is not None:
+                config += f" (projected to the paper's iterations: {rec['projected']:.1f} s)"
             t.rows.append(
                 [
-                    f"{perf['_dir']} ({rec['label']})",
+                    perf["_dir"],
                     rec["backbone"],
-                    None,
+                    config,
                     rec["device"],
-                    None,
+                    rec["iters"],
                     rec["seconds"],
                     rec["memory_mb"],
                     prow["seconds"] if prow else None,
@@ -366,7 +372,8 @@ def reconstruction_table(inp: Inputs) -> Table | None:
     t.notes = [
         "feature_similarity: mean per-block feature cosine (%) between original and reconstructed backbone "
         "on one batch (ImageNet when --imagenet-val was given, else random inputs).",
-        "paper: " + paper.load("table6_reconstruction")["source"] + ".",
+        "paper: " + paper.load("table6_reconstruction")["source"] + "; a backbone the paper does not report "
+        "(vit_tiny, resnet_tiny) is set beside the paper's row for its family (ViT-S, ResNet-34).",
     ]
     return t
 
