@@ -38,7 +38,7 @@ bench_confs = $(wildcard conf/config.yaml conf/backbone/$(BACKBONE).yaml conf/st
 	conf/trainer/default.yaml $(foreach p,$(subst +, ,$(call bench_method,$(1))),conf/method/$(p).yaml))
 bench_incomplete = $(shell f=$(1); test -f "$$f" && ! grep -q '"status": "complete"' "$$f" && echo FORCE)
 
-.PHONY: bench reproduce bench-progress _bench-run FORCE
+.PHONY: bench reproduce _bench-run _bench-report FORCE
 FORCE:
 
 bench: $(VENV)/.installed ## run every method of BACKBONE's paper table over STREAM for SEEDS, then report
@@ -46,7 +46,9 @@ bench: $(VENV)/.installed ## run every method of BACKBONE's paper table over STR
 	for m in $(BENCH_METHODS); do \
 	  case "$$registered" in *" $${m%%@*} "*) want="$$want $$m";; *) echo "bench: skipping $$m (not registered)";; esac; \
 	done; \
-	$(MAKE) --no-print-directory -f $(BENCH_TOP) _bench-run BENCH_RUN_METHODS="$$want"
+	$(MAKE) -k --no-print-directory -f $(BENCH_TOP) _bench-run BENCH_RUN_METHODS="$$want"; rc=$$?; \
+	[ $$rc -eq 0 ] || echo "bench: some runs failed (see above); reporting the completed ones"; \
+	$(MAKE) --no-print-directory -f $(BENCH_TOP) _bench-report BENCH_RUN_METHODS="$$want" && exit $$rc
 
 reproduce: $(VENV)/.installed ## the paper's Tables 1 and 2: both backbones, six datasets, seeds 42 1998 3142592
 	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=resnet34 STREAM=six SEEDS="$(PAPER_SEEDS)"
@@ -71,6 +73,9 @@ endef
 $(foreach m,$(BENCH_RUN_METHODS),$(foreach s,$(SEEDS),$(eval $(call BENCH_RULE,$(m),$(s)))))
 
 _bench-run: $(BENCH_RESULTS)
+
+# The summary grid and the report over the runs that completed (a failed method does not hide the others).
+_bench-report:
 	@$(PY) -m recast_bench.report.progress $(BENCH_DIR) --expect "$(BENCH_PAIRS)" --grid
-	$(BIN)/recast-bench report $(BENCH_RESULTS:%/results.json=%) --out $(BENCH_DIR)/report
+	$(BIN)/recast-bench report $(patsubst %/results.json,%,$(wildcard $(BENCH_RESULTS))) --out $(BENCH_DIR)/report
 endif

@@ -199,19 +199,8 @@ def test_progress_counts_runs(inputs, capsys):
 def test_bench_mk_expands_methods_seeds_and_variants(tmp_path):
     top = tmp_path / "Makefile"
     top.write_text(f"VENV := .venv\nPY := $(VENV)/bin/python\nBIN := $(VENV)/bin\ninclude {ROOT}/mk/bench.mk\n")
-    cmd = [
-        "make",
-        "-n",
-        "-f",
-        str(top),
-        "_bench-run",
-        "BACKBONE=vit_small",
-        "STREAM=synthetic",
-        "TINY=1",
-        "SEEDS=1 2",
-        "BENCH_RUN_METHODS=linear rosa@full",
-        f"BENCH_ROOT={tmp_path}/bench",
-    ]
+    args = ["BACKBONE=vit_small", "STREAM=synthetic", "TINY=1", "SEEDS=1 2", "BENCH_RUN_METHODS=linear rosa@full"]
+    cmd = ["make", "-n", "-f", str(top), "_bench-run", "_bench-report", *args, f"BENCH_ROOT={tmp_path}/bench"]
     text = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     runs = [ln for ln in text.splitlines() if "recast-bench run " in ln]
     assert len(runs) == 4
