@@ -42,11 +42,11 @@ def pretrain(backbone: str, weights_dir: str | Path = "data/weights", recipe: Pr
     spec = get_spec(backbone)
     out = Path(weights_dir) / f"{backbone}.safetensors"
     sidecar = out.with_suffix(".json")
-    if not force and out.exists() and sidecar.exists():
-        if json.loads(sidecar.read_text()).get("recipe") == asdict(recipe):
-            if echo:
-                print(f"pretrained {backbone}: reusing {out}", file=sys.stderr)
-            return out
+    fresh = out.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("recipe") == asdict(recipe)
+    if fresh and not force:
+        if echo:
+            print(f"pretrained {backbone}: reusing {out}", file=sys.stderr)
+        return out
     if spec.image_size > 64:
         raise UserError(f"pretrain is for the tiny demo backbones; {backbone} needs real pretrained weights")
     seed_everything(recipe.seed)
