@@ -60,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from recast_bench.config import compose_config
     from recast_bench.engine.loop import run
 
+    quiet_libraries()  # here, not in main(): commands that do not train should not pay Lightning's import
     _check_group_option("backbone", args.backbone)
     _check_group_option("stream", args.stream)
     overrides = build_run_overrides(args)
@@ -143,7 +144,6 @@ def quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless the user asks
-    quiet_libraries()
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)

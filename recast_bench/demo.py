@@ -22,8 +22,9 @@ DEMO_OVERRIDES = ("trainer=tiny", "trainer.epochs=6", "logger=csv")
 
 def demo(out: str = "runs/demo", backbone: str = "vit_tiny", methods: tuple[str, ...] = DEMO_METHODS,
          data_dir: str = "data") -> list[dict]:  # fmt: skip
-    from recast_bench.cli import print_summary
+    from recast_bench.cli import print_summary, quiet_libraries
 
+    quiet_libraries()
     pretrain(backbone, Path(data_dir) / "weights")
     available = set(all_method_names())
     chosen = [m for m in methods if m in available]
