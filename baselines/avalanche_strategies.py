@@ -1,0 +1,231 @@
+"""Building each avalanche-lib 0.6 strategy over our network, and moving its continual state to and from files.
+
+One adapter per method: ``build`` returns avalanche's own strategy (``EWC``, ``LwF``, ``GDumb``, ``DER``,
+``ER_ACE``; L2P lives in ``avalanche_l2p.py``) with our settings; ``state``/``load_state`` write and restore
+what the strategy carries between experiences (EWC importances and anchors, LwF's teacher bookkeeping, GDumb's
+initial model, replay buffers) as tensors plus JSON, so an interrupted run continues after its last experience.
+
+Fixes to avalanche behaviour live here, each as the smallest override of avalanche's own class:
+
+* DER's ``compute_dataset_logits`` calls ``model(x)`` without task labels, which a multi-head model cannot
+  answer; :class:`TaskAwareDER` swaps in a version that goes through ``avalanche_forward`` with the labels.
+* DER and ER-ACE size their buffers adaptively over the classes seen so far; the paper keeps 120 samples per
+  class, so their storage policy is replaced by a fixed per-class one over the stream's total classes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import torch
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import EWCPlugin, GDumbPlugin, LwFPlugin
+from avalanche.training.storage_policy import ClassBalancedBuffer
+from avalanche.training.supervised import DER, ER_ACE, EWC, GDumb, LwF
+from avalanche.training.supervised import der as der_module
+from avalanche.training.utils import ParamData
+from torch import nn
+
+from baselines.avalanche_common import buffer_state, restore_buffer
+
+if TYPE_CHECKING:
+    from baselines.avalanche_common import AvalancheLearner
+
+
+@torch.no_grad()
+def task_aware_logits(dataset: Any, model: nn.Module, batch_size: int, device: Any, num_workers: int = 0) -> list:
+    """DER's logits of ``dataset`` as avalanche computes them, but passing each sample's task label."""
+    was_training = model.training
+    model.eval()
+    out = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for batch in loader:
+        x, t = batch[0].to(device), batch[2].to(device)
+        out.extend(avalanche_forward(model, x, t).detach().cpu().unbind(0))
+    model.train(was_training)
+    return [o.clone() for o in out]
+
+
+class TaskAwareDER(DER):
+    """avalanche's DER whose buffer logits come from the task's own head (see module docstring)."""
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        with mock.patch.object(der_module, "compute_dataset_logits", task_aware_logits):
+            super()._after_training_exp(**kwargs)
+
+
+class Adapter:
+    """Full-network baseline on :class:`~baselines.avalanche_common.MultiHeadNet`; subclasses build the strategy."""
+
+    def build(self, ln: AvalancheLearner) -> Any:
+        raise NotImplementedError
+
+    def state(self, ln: AvalancheLearner) -> tuple[dict[str, torch.Tensor], dict]:
+        return {}, {}
+
+    def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        """Restore :meth:`state`; the network itself is already loaded."""
+
+    def trainable_params(self, strategy: Any) -> int:
+        return sum(p.numel() for p in strategy.model.backbone.parameters() if p.requires_grad)
+
+    def head_in_features(self, strategy: Any) -> int:
+        return int(strategy.model.classifier.in_features)
+
+    def head_weights(self, strategy: Any, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lin = strategy.model.classifier.classifiers[str(t)].classifier
+        return lin.weight, lin.bias
+
+    def eval_modules(self, strategy: Any) -> list[nn.Module]:
+        return [strategy.model]  # GDumb swaps strategy.model every experience: always look it up
+
+    def logits(self, strategy: Any, x: torch.Tensor, t: int) -> torch.Tensor:
+        return strategy.model(x, t)
+
+    @staticmethod
+    def plugin(strategy: Any, cls: type) -> Any:
+        return next(p for p in strategy.plugins if isinstance(p, cls))
+
+
+def _common(ln: AvalancheLearner) -> tuple[nn.Module, torch.optim.Optimizer, dict]:
+    net = ln.multihead_net()
+    opt = ln.make_optimizer(net.parameters())
+    kwargs = ln.strategy_kwargs()
+    kwargs["plugins"] = ln.plugins(opt)
+    return net, opt, kwargs
+
+
+def _param_dicts(prefix: str, d: dict) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{e}/{k}": p.data.detach().clone() for e, params in d.items() for k, p in params.items()}
+
+
+def _load_param_dicts(prefix: str, tensors: dict, device: Any) -> dict[int, dict[str, ParamData]]:
+    out: dict[int, dict[str, ParamData]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "/"):
+            e, name = key[len(prefix) + 1 :].split("/", 1)
+            out.setdefault(int(e), {})[name] = ParamData(name, init_tensor=v.to(device), device=device)
+    return out
+
+
+class EWCAdapter(Adapter):
+    def build(self, ln: AvalancheLearner) -> Any:
+        net, opt, kw = _common(ln)
+        c = ln.cfg
+        return EWC(
+            model=net, optimizer=opt, criterion=nn.CrossEntropyLoss(), ewc_lambda=c.ewc_lambda, mode=c.mode,
+            decay_factor=c.decay_factor, **kw,
+        )  # fmt: skip
+
+    def state(self, ln: AvalancheLearner) -> tuple[dict[str, torch.Tensor], dict]:
+        p = self.plugin(ln.strategy, EWCPlugin)
+        return {**_param_dicts("ewc/params", p.saved_params), **_param_dicts("ewc/imp", p.importances)}, {}
+
+    def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        from collections import defaultdict
+
+        p = self.plugin(ln.strategy, EWCPlugin)
+        p.saved_params = defaultdict(dict, _load_param_dicts("ewc/params", tensors, ln.device))
+        p.importances = defaultdict(dict, _load_param_dicts("ewc/imp", tensors, ln.device))
+
+
+class LwFAdapter(Adapter):
+    def build(self, ln: AvalancheLearner) -> Any:
+        net, opt, kw = _common(ln)
+        return LwF(
+            model=net, optimizer=opt, criterion=nn.CrossEntropyLoss(), alpha=ln.cfg.alpha,
+            temperature=ln.cfg.temperature, **kw,
+        )  # fmt: skip
+
+    def state(self, ln: AvalancheLearner) -> tuple[dict[str, torch.Tensor], dict]:
+        # The teacher is a copy of the network right after the last experience, i.e. the network being saved.
+        lwf = self.plugin(ln.strategy, LwFPlugin).lwf
+        prev = {str(int(k)): sorted(int(c) for c in v) for k, v in lwf.prev_classes_by_task.items()}
+        return {}, {"lwf": {"expcount": lwf.expcount, "prev_classes_by_task": prev}}
+
+    def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        from collections import defaultdict
+
+        lwf = self.plugin(ln.strategy, LwFPlugin).lwf
+        lwf.expcount = int(info["lwf"]["expcount"])
+        lwf.prev_classes_by_task = defaultdict(
+            set, {int(k): set(v) for k, v in info["lwf"]["prev_classes_by_task"].items()}
+        )
+        lwf.prev_model = copy.deepcopy(ln.strategy.model) if ln.done else None
+
+
+class GDumbAdapter(Adapter):
+    def build(self, ln: AvalancheLearner) -> Any:
+        net, opt, kw = _common(ln)
+        return GDumb(model=net, optimizer=opt, criterion=nn.CrossEntropyLoss(), mem_size=ln.cfg.mem_size, **kw)
+
+    def state(self, ln: AvalancheLearner) -> tuple[dict[str, torch.Tensor], dict]:
+        p = self.plugin(ln.strategy, GDumbPlugin)
+        tensors, meta = buffer_state(p.storage_policy, "buffer")
+        # GDumb retrains every experience from this initial network (pretrained backbone, untrained heads).
+        tensors.update({f"init/{k}": v.detach().clone() for k, v in p.init_model.state_dict().items()})
+        return tensors, {"buffer": meta}
+
+    def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        p = self.plugin(ln.strategy, GDumbPlugin)
+        restore_buffer(p.storage_policy, tensors, info["buffer"], "buffer", ln)
+        init = ln.multihead_net()
+        ln.adapt(init, ln.done)
+        init.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("init/")}, strict=True)
+        p.init_model = init.to(ln.device)
+
+
+class DERAdapter(Adapter):
+    def build(self, ln: AvalancheLearner) -> Any:
+        net, opt, kw = _common(ln)
+        c = ln.cfg
+        mem = c.mem_per_class * ln.total_classes
+        s = TaskAwareDER(
+            model=net, optimizer=opt, criterion=nn.CrossEntropyLoss(), mem_size=mem,
+            batch_size_mem=c.batch_size_mem or ln.tcfg.batch_size, alpha=c.alpha, beta=c.beta, **kw,
+        )  # fmt: skip
+        s.storage_policy = der_module.ClassBalancedBufferWithLogits(
+            mem, adaptive_size=False, total_num_classes=ln.total_classes
+        )
+        return s
+
+    def state(self, ln: AvalancheLearner) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = buffer_state(ln.strategy.storage_policy, "buffer", with_logits=True)
+        return tensors, {"buffer": meta}
+
+    def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        restore_buffer(ln.strategy.storage_policy, tensors, info["buffer"], "buffer", ln, with_logits=True)
+
+
+class ERACEAdapter(Adapter):
+    def build(self, ln: AvalancheLearner) -> Any:
+        net, opt, kw = _common(ln)
+        c = ln.cfg
+        mem = c.mem_per_class * ln.total_classes
+        s = ER_ACE(
+            model=net, optimizer=opt, criterion=nn.CrossEntropyLoss(), mem_size=mem,
+            batch_size_mem=c.batch_size_mem or ln.tcfg.batch_size, **kw,
+        )  # fmt: skip
+        s.storage_policy = ClassBalancedBuffer(mem, adaptive_size=False, total_num_classes=ln.total_classes)
+        return s
+
+    def state(self, ln: AvalancheLearner) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = buffer_state(ln.strategy.storage_policy, "buffer")
+        return tensors, {"buffer": meta}
+
+    def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        restore_buffer(ln.strategy.storage_policy, tensors, info["buffer"], "buffer", ln)
+
+
+def adapter_for(name: str) -> Adapter:
+    """The adapter of registered method ``name`` (L2P's is imported only when asked for)."""
+    if name == "l2p":
+        from baselines.avalanche_l2p import L2PAdapter
+
+        return L2PAdapter()
+    table: dict[str, type[Adapter]] = {
+        "ewc": EWCAdapter, "lwf": LwFAdapter, "gdumb": GDumbAdapter, "derpp": DERAdapter, "er-ace": ERACEAdapter,
+    }  # fmt: skip
+    return table[name]()
