@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private subparse
     p = subparsers.add_parser(
         "report",
         help="paper-format tables (Markdown, CSV) and figures (PNG) from runs",
-        description=__doc__.splitlines()[0],
+        description="Paper-format tables (Markdown, CSV) and figures (PNG) from runs, mimic and perf reports.",
     )
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run / mimic / perf directories, their parents, or globs")
     p.add_argument("--out", required=True, help="report directory (tables/, figures/, README.md)")
