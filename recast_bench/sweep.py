@@ -3,8 +3,8 @@
 It composes ``conf/`` exactly like ``recast-bench run`` (same groups, same validation) and calls
 :func:`recast_bench.engine.loop.run` once per job, e.g.::
 
-    python -m recast_bench.sweep -m +experiment=recast_gnk backbone=vit_small stream=six
-    python -m recast_bench.sweep -m +experiment=recast_targets backbone=vit_tiny trainer=tiny
+    python -m recast_bench.sweep -m experiment=recast_gnk backbone=vit_small stream=six
+    python -m recast_bench.sweep -m experiment=recast_targets backbone=vit_tiny trainer=tiny
 
 Each ``conf/experiment/recast_*.yaml`` names its sweep in ``hydra.sweeper.params`` and gives every job its own
 ``out`` (a resumable run directory), so re-launching a sweep only runs the jobs that did not finish. A job that
