@@ -171,8 +171,7 @@ class GDumbAdapter(Adapter):
     def load_state(self, ln: AvalancheLearner, tensors: dict[str, torch.Tensor], info: dict) -> None:
         p = self.plugin(ln.strategy, GDumbPlugin)
         restore_buffer(p.storage_policy, tensors, info["buffer"], "buffer", ln)
-        init = ln.multihead_net()
-        ln.adapt(init, ln.done)
+        init = copy.deepcopy(ln.strategy.model)  # same heads and masks; its own copy of the backbone
         init.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("init/")}, strict=True)
         p.init_model = init.to(ln.device)
 

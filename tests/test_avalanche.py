@@ -52,7 +52,7 @@ def tiny_learner(name: str, backbone: str = "vit_tiny", overrides: tuple[str, ..
     from recast_bench.engine.method import RunContext
     from recast_bench.engine.model import TaskModel
 
-    ov = tiny()
+    ov = tiny(name)
     cfg = compose_config([f"method=[{name}]", f"method_name={name}", f"backbone={backbone}", *ov, *overrides])
     torch.manual_seed(0)
     tasks = build_stream(cfg.stream, image_size=32)
@@ -218,8 +218,8 @@ def test_cli_run_and_resume_continue_identically(name, tmp_path, monkeypatch):
     resumed = run_cli(name, "vit_tiny", tmp_path / "cut", [], tmp_path)
     assert fitted == [0, 1]  # task 1 trained once, before the interruption
     assert resumed["acc_matrix"] == full["acc_matrix"]
-    a = load_file(str(tmp_path / "full" / "shared.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "shared.safetensors"))
+    a = load_file(str(tmp_path / "full" / "tasks" / "syn1" / "shared.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "tasks" / "syn1" / "shared.safetensors"))
     assert a.keys() == b.keys()
     for k in a:  # network, EWC importances, buffers, ...: the resumed run continued exactly
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
