@@ -150,8 +150,10 @@ def quiet_evaluator() -> EvaluationPlugin:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # restores the filters and showwarning on exit
         warnings.simplefilter("ignore")
+        # avalanche's @deprecated inserts its own "once" filter on every call; drop what it emits here.
+        warnings.showwarning = lambda *args, **kwargs: None
         logging.getLogger("avalanche").setLevel(logging.ERROR)
         yield
 

@@ -227,10 +227,16 @@ def test_cli_run_and_resume_continue_identically(name, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in AVALANCHE if n != "l2p"])
-def test_cli_run_resnet(name, tmp_path):
-    res = run_cli(name, "resnet_tiny", tmp_path / "out", [], tmp_path)
+def test_cli_run_resnet(name, tmp_path, capfd):
+    with warnings.catch_warnings(record=True) as caught:  # what would reach stderr outside pytest
+        res = run_cli(name, "resnet_tiny", tmp_path / "out", [], tmp_path)
+    assert not [w for w in caught if "avalanche" in w.filename], [str(w.message) for w in caught]
     assert res["backbone"] == "resnet_tiny" and res["completed_tasks"] == 2
     assert res["trainable_params_per_task"][0] > 300_000  # the whole network trains
+    out, err = capfd.readouterr()
+    # quiet: no avalanche InteractiveLogger output, no deprecation chatter; only the loop's own lines
+    assert "Start of training" not in out and "avalanche" not in err.lower()
+    assert all(line.startswith("[") for line in err.splitlines()), err
 
 
 def test_l2p_refuses_resnet(tmp_path):
