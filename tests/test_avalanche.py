@@ -259,3 +259,20 @@ def test_forgetting_is_measured_not_assumed(tmp_path):
         assert isinstance(m[1][0], float) and 0.0 <= m[1][0] <= 100.0
         changed.append(m[1][0] != m[0][0])
     assert any(changed)
+
+
+def test_lr_schedule_follows_engine_and_resets_per_task():
+    """StepLR as the engine's (epochs=3: x0.1 every epoch), restarting at every experience."""
+    from avalanche.core import SupervisedPlugin
+
+    learner, tasks = tiny_learner("ewc", "resnet_tiny", ("trainer.epochs=3",))
+    lrs: list[float] = []
+
+    class Record(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **kwargs):  # noqa: ANN001, ANN003, ANN202
+            lrs.append(strategy.optimizer.param_groups[0]["lr"])
+
+    learner.strategy.plugins.append(Record())
+    for t, task in enumerate(tasks):
+        learner.fit_task(t, task)
+    assert lrs == pytest.approx([0.01, 0.001, 0.0001] * 2)
