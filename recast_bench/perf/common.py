@@ -72,13 +72,23 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the figure is a looser lower bound
+
+
 class PeakRSS:
     """Increase of this process's peak resident memory inside the ``with`` block, in MiB (``mb``).
 
     Linux lets a process reset its own high-water mark (``echo 5 > /proc/self/clear_refs``), so the peak is exact
     and costs nothing while measuring. Elsewhere ``mb`` stays ``None`` and the figure is reported unavailable.
-    Freed memory that the allocator keeps and reuses is not counted: it is a lower bound on what a fresh process
-    would need on top of its baseline.
+    Freed memory is handed back to the OS first (glibc ``malloc_trim``); without that, buffers freed by an earlier
+    figure would be reused silently and a later figure would read near zero. Still a lower bound on what a fresh
+    process needs on top of its baseline.
     """
 
     def __init__(self) -> None:
@@ -86,6 +96,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
+        _malloc_trim()
         self._base = _status_kb("VmRSS")
         try:
             Path("/proc/self/clear_refs").write_text("5")

@@ -12,7 +12,7 @@ class PerfConfig:
 
     mimic_backbones: list[str] = field(default_factory=lambda: ["vit_small", "vit_base", "resnet34"])
     random_iters_cap: dict[str, int] = field(
-        default_factory=lambda: {"vit_small": 40, "vit_base": 15, "resnet34": 40, "default": 20}
+        default_factory=lambda: {"vit_small": 25, "vit_base": 10, "resnet34": 25, "default": 20}
     )
     """Iteration cap of the paper's random-init mimicry (paper: ViT 1000, ResNet 3000); time per iteration and
     the projected full-count time are reported instead."""

@@ -138,6 +138,12 @@ def render_markdown(res: dict[str, Any]) -> str:
                 ["recast, no cache", inf["median_s"]["recast_uncached"], inf["ratio_uncached"]],
             ],
         )
+        lines += [
+            "",
+            f"Minimum-based ratio {inf['ratio_cached_min']:.3f}; cache-hit overhead "
+            f"{inf['cache_hit_overhead_ms_per_forward']:.3f} ms per forward, i.e. ratio "
+            f"{inf['ratio_cached_from_overhead']:.4f} from the overhead alone.",
+        ]
     sw = res["task_switch"]
     if isinstance(sw, dict):
         lines += ["", f"## Task switch (median of {sw['repeats']})", ""]
@@ -164,7 +170,7 @@ def render_markdown(res: dict[str, Any]) -> str:
                     *(
                         [r["task_params"], r["bytes"], r["packed_bytes"], r["head_bytes"], r["shared_bytes"]]
                         if isinstance(r, dict)
-                        else [r, "", "", ""]
+                        else [r, "", "", "", ""]
                     ),
                 ]
             )
