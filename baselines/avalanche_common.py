@@ -205,6 +205,9 @@ class AvalancheLearner:
     def __init__(self, method: Any, model: TaskModel, tasks: list[Task], tcfg: TrainerConfig, seed: int, fp: str):
         from baselines.avalanche_strategies import adapter_for
 
+        devices = tcfg.devices if isinstance(tcfg.devices, int | str) else len(tcfg.devices)
+        if str(devices) not in ("1", "auto") or tcfg.num_nodes != 1 or "ddp" in str(tcfg.strategy):
+            raise UserError(f"{method.name} runs avalanche on one device; use trainer.devices=1 and no ddp strategy")
         self.method, self.cfg, self.tcfg, self.seed, self.fingerprint = method, method.cfg, tcfg, seed, fp
         self.tasks = tasks
         self.isolates_tasks = False

@@ -239,6 +239,11 @@ def test_cli_run_resnet(name, tmp_path, capfd):
     assert all(line.startswith("[") for line in err.splitlines()), err
 
 
+def test_refuses_multi_device():
+    with pytest.raises(UserError, match="one device"):
+        tiny_learner("ewc", "resnet_tiny", ("trainer=ddp_cpu",))
+
+
 def test_l2p_refuses_resnet(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
