@@ -60,6 +60,10 @@ def load_all() -> None:
     import recast_bench.recast  # noqa: F401  (registers "recast")
 
 
+# Paper spellings that cannot be registry names ("+" separates composite parts).
+ALIASES = {"der++": "derpp", "erace": "er-ace", "er_ace": "er-ace"}
+
+
 def parse_method_name(name: str) -> tuple[str, ...]:
     """Split ``recast+adaptformer`` into ``("recast", "adaptformer")`` and check every part is registered.
 
@@ -68,6 +72,7 @@ def parse_method_name(name: str) -> tuple[str, ...]:
     """
     load_all()
     raw = name.strip().lower()
+    raw = ALIASES.get(raw, raw)
     parts = tuple(p.strip() for p in raw.split("+"))
     if not raw or any(not p for p in parts):
         raise UserError(f"malformed method name {name!r}; expected NAME or recast+NAME")

@@ -22,6 +22,7 @@ def test_list_shows_methods_backbones_streams(capsys):
         (["run", "--method", "nope"], "unknown method 'nope'; valid:"),
         (["run", "--method", "linear+lora"], "recast+NAME"),
         (["run", "--method", "recast+"], "malformed method name"),
+        (["run", "--method", "der+"], "malformed method name"),
         (["run", "--method", "linear", "--backbone", "vit_huge"], "unknown backbone 'vit_huge'; valid:"),
         (["run", "--method", "linear", "--stream", "nope"], "unknown stream 'nope'; valid:"),
         (["run", "--method", "linear", "trainer.epochs=="], "bad override"),
@@ -59,3 +60,10 @@ def test_weights_for_wrong_architecture_are_refused(capsys, tmp_path):
     assert main(["run", "--method", "linear", "--backbone", "vit_tiny", "--out", str(tmp_path / "o"),
                  f"backbone.weights={f}"]) == 2  # fmt: skip
     assert "do not fit this architecture" in capsys.readouterr().err
+
+
+def test_paper_spelling_der_plus_plus_is_an_alias():
+    from recast_bench.registry import parse_method_name
+
+    assert parse_method_name("DER++") == ("derpp",)
+    assert parse_method_name("recast+adaptformer") == ("recast", "adaptformer")
