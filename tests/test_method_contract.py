@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from recast_bench.backbones import build_backbone
 from recast_bench.config import StreamConfig, TrainerConfig
@@ -75,7 +76,12 @@ def _check_gradients(learner: LightningLearner, t: int, task) -> None:  # noqa: 
     model, method = learner.model, learner.method
     intended = set(learner.trainable(t))
     model.train()
+    # As the engine does: BatchNorm with frozen parameters keeps its running statistics (eval mode).
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
     model.active_task = t
+    method.on_train_batch_start(model, 0, 1, 0)
     model.zero_grad(set_to_none=True)
     x = torch.stack([task.train[i][0] for i in range(8)])
     y = torch.tensor([int(task.train[i][1]) for i in range(8)])
