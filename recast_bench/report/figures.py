@@ -46,7 +46,7 @@ def figure3(groups: list[Group], out: Path) -> list[Path]:
     plt = _plt()
     written = []
     for backbone, stream in pairs:
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig, ax = plt.subplots(figsize=(9.5, 4.8))
         members = [g for g in groups if (g.backbone, g.stream) == (backbone, stream)]
         for g in members:
             acc, std = g.acc()
@@ -67,7 +67,7 @@ def figure3(groups: list[Group], out: Path) -> list[Path]:
         ax.set_ylabel("average top-1 (%)")
         ax.set_title(f"Figure 3: accuracy vs per-task parameters ({backbone}, {stream})", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: points stay visible
         written.append(_save(fig, out / f"figure3_{backbone}_{stream}.png"))
     return written
 
