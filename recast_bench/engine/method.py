@@ -111,6 +111,12 @@ class Method:
         """Names of trained parameters that must not be weight-decayed (RECAST coefficients)."""
         return set()
 
+    def param_hparams(self, model: TaskModel) -> dict[str, tuple[float, float]]:
+        """``name -> (lr, weight_decay)`` for every parameter this method trains (its own config's values)."""
+        no_decay = self.no_weight_decay(model)
+        names = {**self.task_parameters(model), **self.shared_parameters(model)}
+        return {n: (self.cfg.lr, 0.0 if n in no_decay else self.cfg.weight_decay) for n in names}
+
     # ---- task lifecycle ----------------------------------------------------------------------------------------
     def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
         """Reset or initialise this task's parameters. ``train_loader`` allows data-driven init (RoSA, InfLoRA)."""
@@ -212,6 +218,10 @@ class CompositeMethod(Method):
 
     def no_weight_decay(self, model: TaskModel) -> set[str]:
         return set().union(*(p.no_weight_decay(model) for p in self.parts))
+
+    def param_hparams(self, model: TaskModel) -> dict[str, tuple[float, float]]:
+        # Each part keeps its own paper settings (e.g. Piggyback's masks at 1e-4 beside RECAST's coefficients at 2e-3).
+        return merge_dicts(p.param_hparams(model) for p in self.parts)
 
     def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
         for p in self.parts:

@@ -123,12 +123,12 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         cfg = self.method.cfg
-        no_decay = self.method.no_weight_decay(self.model)
-        head_prefix = "heads."
+        hparams = self.method.param_hparams(self.model)
+        head_lr = cfg.head_lr or cfg.lr
         groups: dict[tuple, list[nn.Parameter]] = {}
         for name, p in self.trainable.items():
-            lr = cfg.head_lr if (name.startswith(head_prefix) and cfg.head_lr) else cfg.lr
-            wd = 0.0 if name in no_decay else cfg.weight_decay
+            # Method parameters take their method's (lr, weight decay); the task head takes the first part's.
+            lr, wd = hparams.get(name, (head_lr, cfg.weight_decay))
             groups.setdefault((lr, wd), []).append(p)
         params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
         if cfg.optimizer == "adamw":
