@@ -4,6 +4,17 @@ Lightning-engine methods subclass ``recast_bench.engine.method.Method``; Avalanc
 ``baselines/avalanche_*``. Importing this package registers all of them (no folder scanning).
 """
 
-from baselines import avalanche_methods, finetune, linear  # noqa: F401
-from baselines import clr, hat, piggyback  # noqa: F401  (ResNet baselines; piggyback also on ViT)
-from baselines import adaptformer, dora, inflora, lora, melo, rosa  # noqa: F401  (ViT adapter baselines)
+from baselines import (  # noqa: F401  # noqa: F401  (ResNet baselines; piggyback also on ViT)  # noqa: F401  (ViT adapter baselines)
+    adaptformer,
+    avalanche_methods,
+    clr,
+    dora,
+    finetune,
+    hat,
+    inflora,
+    linear,
+    lora,
+    melo,
+    piggyback,
+    rosa,
+)

@@ -17,7 +17,7 @@ from recast_bench.pretrain import pretrain
 from recast_bench.registry import all_method_names
 
 DEMO_METHODS = ("linear", "finetune", "recast", "melo", "adaptformer", "recast+adaptformer", "ewc")
-DEMO_OVERRIDES = ("trainer=tiny", "trainer.epochs=6", "logger=csv")
+DEMO_OVERRIDES = ("trainer=tiny", "trainer.epochs=5", "logger=csv")
 
 
 def demo(out: str = "runs/demo", backbone: str = "vit_tiny", methods: tuple[str, ...] = DEMO_METHODS,

@@ -29,7 +29,7 @@ from recast_bench.seed import seed_everything
 class PretrainRecipe:
     classes: int = 24
     per_class: int = 64
-    epochs: int = 12
+    epochs: int = 6
     lr: float = 2e-3
     batch_size: int = 64
     seed: int = 0
