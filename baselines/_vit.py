@@ -24,6 +24,14 @@ TARGETS = QKV_PARTS + FULL_PARTS
 _LAYER_OF = {"q": "attn.qkv", "k": "attn.qkv", "v": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
+def check_low_rank(rank: int, alpha: float | None = None) -> None:
+    """Config validation shared by the LoRA family: rank >= 1 and a positive alpha (when the method has one)."""
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    if alpha is not None and alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+
+
 def check_targets(targets: Sequence[str], what: str = "targets", allow_empty: bool = False) -> None:
     """Raise ``ValueError`` (config validation) unless ``targets`` is a non-empty list of known roles."""
     if not targets and not allow_empty:

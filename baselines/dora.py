@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from baselines._vit import RowAdaptedLinear, check_targets, modules_of, task_generator, vit_blocks, wrap_targets
+from baselines._vit import (
+    RowAdaptedLinear,
+    check_low_rank,
+    check_targets,
+    modules_of,
+    task_generator,
+    vit_blocks,
+    wrap_targets,
+)
 from baselines.lora import LoRAFactors
 from recast_bench.engine.method import Method, MethodConfig
 from recast_bench.registry import METHODS
@@ -67,10 +75,7 @@ class DoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        check_low_rank(self.rank, self.alpha)
         self.targets = list(self.targets)
         check_targets(self.targets)
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from baselines._vit import RowAdaptedLinear, modules_of, vit_blocks, work_device, wrap_targets
+from baselines._vit import RowAdaptedLinear, check_low_rank, modules_of, vit_blocks, work_device, wrap_targets
 from recast_bench.engine.method import Method, MethodConfig
 from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
@@ -130,8 +130,7 @@ class InfLoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        check_low_rank(self.rank)
         if not 0.0 < self.eps_start <= self.eps_end <= 1.0:
             raise ValueError(f"need 0 < eps_start <= eps_end <= 1, got {self.eps_start}, {self.eps_end}")
         if self.num_tasks < 1:

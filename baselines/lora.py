@@ -30,6 +30,7 @@ from torch import nn
 
 from baselines._vit import (
     RowAdaptedLinear,
+    check_low_rank,
     check_targets,
     kaiming_a_sqrt5_,
     modules_of,
@@ -138,10 +139,7 @@ class LoRAConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        check_low_rank(self.rank, self.alpha)
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1] (1 = no pruning), got {self.density}")
         self.targets = list(self.targets)

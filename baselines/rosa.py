@@ -31,6 +31,7 @@ from torch import nn
 
 from baselines._vit import (
     RowAdaptedLinear,
+    check_low_rank,
     check_targets,
     modules_of,
     task_generator,
@@ -156,10 +157,7 @@ class RosaConfig(MethodConfig):
         check_targets(self.sparse_targets, "sparse_targets", allow_empty=True)
         if not self.lora_targets and not self.sparse_targets:
             raise ValueError("rosa needs lora_targets or sparse_targets (both are empty)")
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        check_low_rank(self.rank, self.alpha)
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
         if self.grad_batches < 1:
