@@ -25,9 +25,9 @@ class PerfConfig:
     train_repeats: int = 5
     image_size: int | None = None
     """``None``: the backbone's own (224 for ViT-S)."""
-    infer_batch: int = 16
+    infer_batch: int = 8
     infer_warmup: int = 1
-    infer_repeats: int = 7
+    infer_repeats: int = 21
     switch_repeats: int = 20
     size_backbones: list[str] = field(default_factory=lambda: ["vit_small", "resnet34"])
     data_images: int = 128
