@@ -145,7 +145,8 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=_force_group_keys(list(overrides or [])))
     except Exception as e:
-        raise UserError(f"bad override: {str(e).splitlines()[0]}") from None
+        # show the override as the user typed it, not with the "++" that _force_group_keys added
+        raise UserError(f"bad override: {str(e).splitlines()[0].replace(chr(39) + '++', chr(39))}") from None
     OmegaConf.set_struct(cfg, False)
     for name, schema in GROUPS.items():
         cfg[name] = validate_group(name, cfg.get(name), schema)

@@ -60,5 +60,11 @@ BACKBONES.register("resnet34")(
     )
 )
 BACKBONES.register("resnet_tiny")(
-    BackboneSpec(name="resnet_tiny", family="resnet", image_size=32, build=build_resnet_tiny, source="`make pretrain`")
+    BackboneSpec(
+        name="resnet_tiny",
+        family="resnet",
+        image_size=32,
+        build=build_resnet_tiny,
+        source="`recast-bench pretrain --backbone resnet_tiny`",
+    )
 )

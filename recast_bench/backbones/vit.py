@@ -40,5 +40,11 @@ for _name, _timm_name in (
     )
 
 BACKBONES.register("vit_tiny")(
-    BackboneSpec(name="vit_tiny", family="vit", image_size=32, build=tiny_vit, source="`make pretrain` (demo)")
+    BackboneSpec(
+        name="vit_tiny",
+        family="vit",
+        image_size=32,
+        build=tiny_vit,
+        source="`recast-bench pretrain --backbone vit_tiny`",
+    )
 )
