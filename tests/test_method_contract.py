@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from recast_bench.backbones import build_backbone
 from recast_bench.config import StreamConfig, TrainerConfig
@@ -22,6 +21,7 @@ from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import LightningLearner
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel, head_key
+from recast_bench.engine.module import frozen_batchnorms
 from recast_bench.registry import METHODS, all_method_names, parse_method_name
 
 TINY = {"vit": "vit_tiny", "resnet": "resnet_tiny"}
@@ -73,10 +73,8 @@ def _check_gradients(learner: LightningLearner, t: int, task) -> None:  # noqa: 
     model, method = learner.model, learner.method
     intended = set(learner.trainable(t))
     model.train()
-    # As the engine does: BatchNorm with frozen parameters keeps its running statistics (eval mode).
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-            m.eval()
+    for m in frozen_batchnorms(model):  # as the engine does: frozen BN keeps its running statistics
+        m.eval()
     model.active_task = t
     method.on_train_batch_start(model, 0, 1, 0)
     model.zero_grad(set_to_none=True)

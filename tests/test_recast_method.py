@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from recast_bench.backbones import build_backbone
 from recast_bench.engine.build import build_method
+from recast_bench.engine.learner import unfreeze_for_task
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
+from recast_bench.engine.module import frozen_batchnorms
 from recast_bench.errors import UserError
 from recast_bench.recast.layers import ReparamLinear
 from recast_bench.registry import METHODS, load_all
@@ -29,13 +31,7 @@ def _setup(name: str, family: str, tmp_path, overrides=None):
 
 
 def _freeze_like_engine(model, method, t):
-    # The engine's rule (engine/learner.py): freeze all, unfreeze task parameters + shared + the task's head.
-    model.requires_grad_(False)
-    params = dict(method.task_parameters(model)) | dict(method.shared_parameters(model))
-    params |= {f"heads.t{t}.{k}": p for k, p in model.heads[f"t{t}"].named_parameters()}
-    for p in params.values():
-        p.requires_grad_(True)
-    return params
+    return unfreeze_for_task(model, method, t)  # the engine's freezing policy
 
 
 def _train(model, method, t, steps=5, lr=5e-2):
@@ -44,6 +40,8 @@ def _train(model, method, t, steps=5, lr=5e-2):
     model.train()
     g = torch.Generator().manual_seed(t)
     for i in range(steps):
+        for m in frozen_batchnorms(model):  # as the engine's TaskModule does before every batch
+            m.eval()
         method.on_train_batch_start(model, i, steps, 0)
         x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
         loss = method.training_loss(model, F.cross_entropy(model(x, t), y), None, y)

@@ -6,7 +6,6 @@ resume, results and checkpoint logic through their own learner.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +52,17 @@ def make_loader(ds, batch_size: int, shuffle: bool, tcfg: TrainerConfig, seed: i
     )
 
 
+def unfreeze_for_task(model: TaskModel, method: Method, t: int) -> dict[str, torch.nn.Parameter]:
+    """The freezing policy: freeze everything, then unfreeze exactly the method's parameters and task ``t``'s head."""
+    model.requires_grad_(False)
+    params = dict(method.task_parameters(model))
+    params.update(method.shared_parameters(model))
+    params.update({f"heads.{head_key(t)}.{k}": p for k, p in model.heads[head_key(t)].named_parameters()})
+    for p in params.values():
+        p.requires_grad_(True)
+    return params
+
+
 def trainable_count(method: Method, model: TaskModel) -> int:
     """Per-task learnt backbone numbers, head excluded. Masked methods count only active entries themselves."""
     own = getattr(method, "count_task_params", None)
@@ -87,15 +97,7 @@ class LightningLearner:
 
     # ---- training -------------------------------------------------------------------------------------------
     def trainable(self, t: int) -> dict[str, torch.nn.Parameter]:
-        """Freeze everything, then unfreeze exactly the method's parameters and task ``t``'s head."""
-        m = self.model
-        m.requires_grad_(False)
-        params = dict(self.method.task_parameters(m))
-        params.update(self.method.shared_parameters(m))
-        params.update({f"heads.{head_key(t)}.{k}": p for k, p in m.heads[head_key(t)].named_parameters()})
-        for p in params.values():
-            p.requires_grad_(True)
-        return params
+        return unfreeze_for_task(self.model, self.method, t)
 
     def fit_task(self, t: int, task: Task) -> dict:
         m = self.model
@@ -218,5 +220,4 @@ class LightningLearner:
             self._current = t
         loader = make_loader(task.test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
         self.model.to(self.device)
-        with contextlib.nullcontext():
-            return accuracy(self.model, t, loader, task.num_classes, self.device)
+        return accuracy(self.model, t, loader, task.num_classes, self.device)

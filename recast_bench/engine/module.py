@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
@@ -63,11 +62,7 @@ class TaskModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
         # training task t would silently change the statistics every earlier task is evaluated with.
-        self._frozen_bn = [
-            m
-            for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
-        ]
+        self._frozen_bn = frozen_batchnorms(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.task_index)
@@ -122,28 +117,37 @@ class TaskModule(L.LightningModule):
             self.on_val_acc(self.current_epoch, acc)
 
     def configure_optimizers(self) -> dict:
-        cfg = self.method.cfg
-        hparams = self.method.param_hparams(self.model)
-        head_lr = cfg.head_lr or cfg.lr
-        groups: dict[tuple, list[nn.Parameter]] = {}
-        for name, p in self.trainable.items():
-            # Method parameters take their method's (lr, weight decay); the task head takes the first part's.
-            lr, wd = hparams.get(name, (head_lr, cfg.weight_decay))
-            groups.setdefault((lr, wd), []).append(p)
-        params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-        if cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=cfg.lr)
-        elif cfg.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=cfg.lr)
-        else:
-            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        opt = build_optimizer(self.model, self.method, self.trainable)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step_size(self.tcfg), gamma=self.tcfg.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers none of whose parameters train: they must run in eval mode so their statistics stay fixed."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+
+
+def build_optimizer(model: TaskModel, method: Method, trainable: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
+    """The engine's optimiser: one group per (lr, weight decay) from the method's ``param_hparams``."""
+    cfg = method.cfg
+    hparams = method.param_hparams(model)
+    head_lr = cfg.head_lr or cfg.lr
+    groups: dict[tuple, list[nn.Parameter]] = {}
+    for name, p in trainable.items():
+        # Method parameters take their method's (lr, weight decay); the task head takes the first part's.
+        lr, wd = hparams.get(name, (head_lr, cfg.weight_decay))
+        groups.setdefault((lr, wd), []).append(p)
+    params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
 def count(params: dict[str, torch.Tensor]) -> int:
     return int(sum(p.numel() for p in params.values()))
-
-
-def is_finite_number(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

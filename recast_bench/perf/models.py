@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recast_bench.engine.learner import unfreeze_for_task
 from recast_bench.engine.method import Method, RunContext
-from recast_bench.engine.model import TaskModel, head_key
+from recast_bench.engine.model import TaskModel
+from recast_bench.engine.module import build_optimizer, frozen_batchnorms
 
 PEFT_LORA = "peft_lora_qkv_r1"
 """Name of the PEFT reference in the training-step figure: LoRA rank 1 on timm's fused ``qkv`` (Q, K and V)."""
@@ -77,29 +79,19 @@ class _PeftLora(Method):
 
 
 def engine_trainable(model: TaskModel, method: Method, t: int = 0) -> dict[str, nn.Parameter]:
-    """Freeze everything, then unfreeze the method's task and shared parameters and task ``t``'s head."""
-    model.requires_grad_(False)
-    params = dict(method.task_parameters(model))
-    params.update(method.shared_parameters(model))
-    params.update({f"heads.{head_key(t)}.{k}": p for k, p in model.heads[head_key(t)].named_parameters()})
-    for p in params.values():
-        p.requires_grad_(True)
-    return params
+    """The engine's freezing policy (task ``t``'s head must exist)."""
+    return unfreeze_for_task(model, method, t)
 
 
 def engine_optimizer(model: TaskModel, method: Method, trainable: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters with the engine's groups (no weight decay where the method says)."""
-    cfg = method.cfg
-    no_decay = method.no_weight_decay(model)
-    groups: dict[tuple, list[nn.Parameter]] = {}
-    for n, p in trainable.items():
-        lr = cfg.head_lr if (n.startswith("heads.") and cfg.head_lr) else cfg.lr
-        groups.setdefault((lr, 0.0 if n in no_decay else cfg.weight_decay), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
+    """The engine's optimiser and parameter groups, exactly as a real run builds them."""
+    return build_optimizer(model, method, trainable)
 
 
 def train_step(model: TaskModel, method: Method, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
     """One engine training step: forward, the method's loss, backward, gradient hook, optimizer step, post-step."""
+    for m in frozen_batchnorms(model):  # as TaskModule does before every batch
+        m.eval()
     method.on_train_batch_start(model, 0, 1, 0)
     opt.zero_grad(set_to_none=True)
     logits = model(x, 0)

@@ -8,9 +8,8 @@ is the coefficients alone: ``sum_l M_l * n * K`` numbers (ViT-S MLP, G=6, n=2, K
 
 BatchNorm (ResNet): the authors train in ``.train()`` mode, so BN running statistics drift from task to task --
 hidden, unsaved per-task state that changes earlier tasks' behaviour. We freeze them instead: BN modules are kept in
-eval mode while training (the engine does so for every BN whose parameters are frozen, and
-:meth:`Recast.on_train_batch_start` re-asserts it so the guarantee does not depend on the engine), so the stored
-coefficients fully determine a task.
+eval mode while training (the engine's single freezing policy: every BN whose parameters are frozen, see
+``engine.module.frozen_batchnorms``), so the stored coefficients fully determine a task.
 
 Official code followed for the grouping and mimicry settings: appledora/RECAST_ICLR25 (see ``surgery``/``mimicry``).
 """
@@ -156,10 +155,6 @@ class Recast(Method):
             for m in reparam_modules(model).values():
                 m.coefficients.copy_(getattr(m, MIMIC_KEY).to(m.coefficients.device))
                 m.invalidate_cache()
-        freeze_batchnorm(model)
-
-    def on_train_batch_start(self, model: TaskModel, batch_idx: int, num_batches: int, epoch: int) -> None:
-        freeze_batchnorm(model)
 
     def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
         """All coefficients packed into one flat tensor, in module order.
@@ -203,15 +198,4 @@ class Recast(Method):
         return d
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Keep BN running statistics fixed: eval mode for every BatchNorm whose parameters are all frozen.
-
-    RECAST never trains BN; a BN that an adapter trains per task (CLR in ``recast+clr``) is left to that adapter.
-    """
-    for m in model.modules():
-        trained = any(p.requires_grad for p in m.parameters(recurse=False))
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and not trained:
-            m.eval()
-
-
-__all__ = ["PRESETS", "Recast", "RecastConfig", "freeze_batchnorm", "get_plan"]
+__all__ = ["PRESETS", "Recast", "RecastConfig", "get_plan"]
