@@ -20,6 +20,7 @@ import numpy as np
 
 from recast_bench.data.images import CachedImages, DecodedImages
 from recast_bench.data.sources import Records
+from recast_bench.engine.checkpoint import write_json
 from recast_bench.errors import UserError
 
 CACHE_VERSION = 1
@@ -43,12 +44,6 @@ def cache_paths(
     key = hashlib.sha256(f"v{CACHE_VERSION}|{dataset}|{part}|{size}|{records_hash(records)}".encode()).hexdigest()
     stem = Path(cache_dir) / "images" / f"{dataset}-{part}-{size}px-{key[:16]}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
-
-
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def _valid(npy: Path, meta: Path, records: Records, size: int) -> bool:
@@ -87,7 +82,7 @@ def build_cache(
         os.replace(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
-    _atomic_json(meta, {**info, "version": CACHE_VERSION, "n": len(records), "labels": records.labels.tolist()})
+    write_json(meta, indent=None, obj={**info, "version": CACHE_VERSION, "n": len(records), "labels": records.labels.tolist()})
 
 
 def _decode_row(src: DecodedImages):  # noqa: ANN202
@@ -118,5 +113,5 @@ def cached_json(path: Path, compute) -> dict:  # noqa: ANN001 (callable returnin
             pass
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_json(path, value)
+    write_json(path, value, indent=None)
     return value

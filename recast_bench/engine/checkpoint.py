@@ -38,10 +38,12 @@ def _atomic_replace(path: Path, write) -> None:  # noqa: ANN001 (callable taking
             os.unlink(tmp)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Atomically write ``obj`` as JSON (``indent=None`` for compact machine-only files such as cache sidecars)."""
+
     def w(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
+            json.dump(obj, f, indent=indent, sort_keys=False, allow_nan=True)
             f.write("\n")
 
     _atomic_replace(Path(path), w)

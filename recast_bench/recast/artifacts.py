@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from recast_bench.engine.checkpoint import save_tensors, write_json
 from recast_bench.errors import UserError
 from recast_bench.recast.mimicry import MimicConfig, MimicResult, neural_mimicry
 from recast_bench.recast.surgery import RecastPlan
@@ -39,11 +38,11 @@ def save_recast(
     """Write ``out_dir/recast.safetensors`` and ``out_dir/recast.json`` (atomically: temp file, then rename)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"templates/{k}": v.detach().cpu().contiguous() for k, v in templates.items()}
-    tensors |= {f"coefficients/{k}": v.detach().cpu().contiguous() for k, v in coefficients.items()}
+    tensors = {f"templates/{k}": v for k, v in templates.items()}
+    tensors |= {f"coefficients/{k}": v for k, v in coefficients.items()}
     meta = {"format": "recast-bench", "version": FORMAT_VERSION, "plan": plan.to_dict(), **(extra or {})}
-    _atomic(out / TENSORS, lambda p: save_file(tensors, str(p)))
-    _atomic(out / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    save_tensors(out / TENSORS, tensors)
+    write_json(out / CONFIG, meta)
     return out
 
 
@@ -66,17 +65,6 @@ def load_recast(path: str | Path) -> tuple[RecastPlan, dict[str, torch.Tensor], 
     if missing:
         raise UserError(f"RECAST artifact {d} is incomplete (missing {missing[0]!r})")
     return plan, templates, coefficients, meta
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cache_key(targets: dict[str, torch.Tensor], plan: RecastPlan, cfg: MimicConfig) -> str:
