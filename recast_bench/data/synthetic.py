@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from recast_bench.data.stream import Task
+from recast_bench.errors import UserError
 from recast_bench.registry import STREAMS
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -54,12 +55,8 @@ def synthetic_task(name: str, num_classes: int, size: int, seed: int, cfg) -> Ta
 def synthetic_stream(cfg, image_size: int, cache_dir: str | None = None) -> list[Task]:  # noqa: ANN001
     counts = list(cfg.classes_per_task)
     if cfg.num_tasks < 1 or len(counts) < cfg.num_tasks:
-        from recast_bench.errors import UserError
-
         raise UserError(f"synthetic stream needs stream.classes_per_task with >= num_tasks={cfg.num_tasks} entries")
     if any(c < 2 for c in counts):
-        from recast_bench.errors import UserError
-
         raise UserError("synthetic stream needs at least 2 classes per task")
     return [synthetic_task(f"syn{i}", counts[i], image_size, 1000 * cfg.seed + i, cfg) for i in range(cfg.num_tasks)]
 

@@ -198,8 +198,10 @@ class CompositeMethod(Method):
         self.name = "+".join(p.name for p in parts)
         self.families = tuple(f for f in parts[0].families if all(f in p.families for p in parts))
         self.isolates_tasks = all(p.isolates_tasks for p in parts)
+        self._keys: list[set[str]] | None = None
 
     def setup(self, model: TaskModel) -> None:
+        self._keys = None
         for p in self.parts:
             p.ctx = self.ctx
             p.setup(model)
@@ -253,9 +255,15 @@ class CompositeMethod(Method):
     def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
         return merge_dicts(p.task_state(model) for p in self.parts)
 
+    def _part_keys(self, model: TaskModel) -> list[set[str]]:
+        # Which state keys belong to which part depends only on the model's structure (fixed after setup), so it is
+        # computed once instead of building every part's whole state (e.g. millions of packed mask bits) per load.
+        if self._keys is None:
+            self._keys = [set(p.task_state(model)) for p in self.parts]
+        return self._keys
+
     def load_task_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
-        for p in self.parts:
-            own = set(p.task_state(model))
+        for p, own in zip(self.parts, self._part_keys(model), strict=True):
             p.load_task_state(model, {k: v for k, v in state.items() if k in own})
 
     def count_task_params(self, model: TaskModel) -> int:
