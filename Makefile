@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The pins in pyproject.toml keep pip on torch 2.14.1 from the registry, never the local 2.13.0+cpu wheel.
-	$(BIN)/pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
+	# A plain PEP 660 editable install (setuptools >= 77, see pyproject.toml): no compat-mode deprecation warnings.
+	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP) ## create the virtualenv and install the project with dev tools

@@ -10,6 +10,10 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+SELECTION = {"metric": "val/acc", "ties": "latest", "epoch_index": "0-based, as logged in logs/metrics.csv"}
+"""How ``best_epoch`` is chosen: the highest validation accuracy; among equal ones the latest epoch, which has trained
+longest at the lowest learning rate (the earliest would keep, e.g., epoch 0 whenever a small val set saturates)."""
+
 REQUIRED_KEYS = (
     "method", "backbone", "stream", "seed", "tasks", "acc_matrix", "final_acc", "avg_acc", "bwt",
     "trainable_params_per_task", "head_params_per_task", "bytes_per_task", "wall_s", "peak_mem_mb", "config",
@@ -32,6 +36,7 @@ def new_results(
         "acc_matrix": [[None] * n for _ in range(n)],
         "val_acc": [None] * n,
         "best_epoch": [None] * n,
+        "selection": dict(SELECTION),
         "final_acc": [None] * n,
         "avg_acc": None,
         "bwt": None,
@@ -42,6 +47,13 @@ def new_results(
         "train_s_per_task": [None] * n,
         "wall_s": 0.0,
         "peak_mem_mb": 0.0,
+        "peak_rss_mb": 0.0,
+        "peak_gpu_mem_mb": None,
+        # Filled by the loop (engine/device.py device_record): device ("cuda:0"/"cpu"), gpu_name, precision, profile.
+        "device": None,
+        "gpu_name": None,
+        "precision": None,
+        "profile": None,
         "config": config,
         **extra,
     }

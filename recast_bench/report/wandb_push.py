@@ -12,16 +12,41 @@ from pathlib import Path
 from recast_bench.report.build import Report
 
 
-def push(rep: Report, project: str = "recast-bench", entity: str | None = None, name: str = "report") -> Path:
-    """Log every table and figure of ``rep``; returns the local W&B run directory."""
+def report_group(runs: list[dict] | None) -> tuple[str | None, list[str]]:
+    """The W&B group of the report run: the runs' own group (backbone-stream-protocol) when they share one.
+
+    Runs of several groups in one report get no group; their groups become tags so the report is still findable.
+    """
+    from recast_bench.engine.logging import wandb_grouping
+
+    groups = sorted({wandb_grouping(r.get("config") or {})["group"] for r in runs or []})
+    if len(groups) == 1:
+        return groups[0], []
+    return None, groups
+
+
+def push(
+    rep: Report,
+    project: str = "recast-bench",
+    entity: str | None = None,
+    name: str = "report",
+    runs: list[dict] | None = None,
+) -> Path:
+    """Log every table and figure of ``rep``; returns the local W&B run directory.
+
+    ``runs`` (the reported ``results.json`` dicts) put the report run in the same W&B group as the runs themselves.
+    """
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
+    group, tags = report_group(runs)
     run = wandb.init(
         project=project,
         entity=entity,
-        name=name,
+        name=name if group is None else f"{name}-{group}",
+        group=group,
+        tags=["report", *tags],
         job_type="report",
         dir=str(rep.out),
         mode=os.environ["WANDB_MODE"],
