@@ -68,13 +68,29 @@ class TrainerConfig:
     scale_lr_steps: bool = True
     batch_size: int = 64
     eval_batch_size: int = 256
-    num_workers: int = 0
+    profile: str = "auto"
+    """Execution profile (``recast_bench/engine/device.py``): ``auto`` picks ``gpu`` when the run trains on CUDA,
+    else ``cpu``. The fields below left at ``None`` come from the profile; a value set explicitly always wins."""
+    num_workers: int | None = None
+    """Loader workers. cpu profile: 0; gpu profile: CPUs per GPU (or per concurrent bench run), at most 8."""
+    persistent_workers: bool | None = None
+    """Keep loader workers alive across epochs (gpu profile: yes, when there are workers)."""
+    pin_memory: bool | None = None
+    """Page-locked loader batches for asynchronous host-to-GPU copies (gpu profile: yes)."""
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
-    deterministic: bool = True
+    precision: str | None = None
+    """Lightning precision. cpu profile: ``32-true``; gpu profile: ``bf16-mixed`` (autocast, fp32 weights)."""
+    deterministic: Any = None
+    """``true``, ``false`` or ``warn``. cpu profile: true; gpu profile: warn (see engine/device.py)."""
+    matmul_precision: str | None = None
+    """``torch.set_float32_matmul_precision``: cpu profile ``highest``; gpu profile ``high`` (TF32)."""
+    channels_last: bool | None = None
+    """NHWC memory format for convolutional backbones (gpu profile: on for ResNets)."""
+    resolved_profile: str | None = None
+    """Filled in by the run: the profile that ``profile`` resolved to (recorded in results.json)."""
     progress_bar: bool | None = None
     """``None``: on when stderr is a terminal."""
     check_val_every_n_epoch: int = 1

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +91,34 @@ def tensor_metadata(path: str | Path) -> dict[str, str]:
 
 
 class RunLock:
-    """An exclusive lock on an output directory so two runs never write the same results.
+    """An exclusive lock on an output directory so two runs never write the same results, across nodes too.
 
-    The lock file holds the owner's pid; a lock whose process is gone (killed run) is stale and taken over.
+    The lock file holds JSON: the owner's host, pid, SLURM job id (if any) and a heartbeat time that a daemon
+    thread refreshes every ``heartbeat_s``. Another process takes the lock over only when it is stale:
+
+    * same host and the owner's pid is dead (a killed run), or
+    * the same SLURM job id (this job's earlier incarnation, before a requeue, possibly on another node), or
+    * the heartbeat is older than ``stale_s`` (the owner's node died; pids mean nothing across hosts).
+
+    A legacy lock holding a bare pid is judged by that pid on this host. Taking over a stale lock and creating a
+    new one are two steps; two processes doing both within the same instant could still race, which is far below
+    the rate at which the bench launcher starts runs on one directory.
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, heartbeat_s: float = 30.0, stale_s: float = 600.0) -> None:
         self.path = Path(out_dir) / ".lock"
         self.held = False
+        self.heartbeat_s = heartbeat_s
+        self.stale_s = max(stale_s, 3 * heartbeat_s)
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def identity() -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID")}
+
+    def _record(self) -> str:
+        return json.dumps({**self.identity(), "heartbeat": time.time()})
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,26 +126,74 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                pid = self._owner()
-                if pid is not None and _alive(pid) and pid != os.getpid():
+                owner = self._owner()
+                if owner is not None and not self._stale(owner):
+                    where = (
+                        f"pid {owner.get('pid')} on {owner.get('host')}" if owner.get("host") else f"pid {owner['pid']}"
+                    )
                     raise UserError(
-                        f"{self.path.parent} is in use by another run (pid {pid}); wait or use another --out"
+                        f"{self.path.parent} is in use by another run ({where}); wait or use another --out"
                     ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process died
+                self.path.unlink(missing_ok=True)  # stale: its process or node died
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(self._record())
             self.held = True
+            self._start_heartbeat()
             return
         raise UserError(f"cannot lock {self.path.parent}")
 
-    def _owner(self) -> int | None:
+    def _owner(self) -> dict[str, Any] | None:
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
+            text = self.path.read_text().strip()
+        except OSError:
             return None
+        try:
+            owner = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(owner, int):  # legacy lock: a bare pid, on this host
+            return {"host": socket.gethostname(), "pid": owner, "job": None, "heartbeat": None, "legacy": True}
+        return owner if isinstance(owner, dict) else None
+
+    def _stale(self, owner: dict[str, Any]) -> bool:
+        me = self.identity()
+        pid = owner.get("pid")
+        if owner.get("host") == me["host"] and pid == me["pid"]:
+            return True  # our own leftover (e.g. a lock not released before an exec)
+        if owner.get("job") and owner.get("job") == me["job"]:
+            return True  # a requeued SLURM job taking over from its own earlier run
+        if owner.get("host") == me["host"] and isinstance(pid, int) and not _alive(pid):
+            return True
+        beat = owner.get("heartbeat")
+        if owner.get("legacy") or beat is None:
+            return False
+        # Heartbeats are wall-clock times of the owner's node: nodes need clocks within stale_s (NTP) of each other.
+        return time.time() - float(beat) > self.stale_s
+
+    def _start_heartbeat(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(self._stop,), name="run-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            try:
+                owner = self._owner()
+                if owner is None or owner.get("pid") != os.getpid() or owner.get("host") != socket.gethostname():
+                    return  # taken over (or removed): never overwrite someone else's lock
+                tmp = self.path.with_name(f".lock.{socket.gethostname()}.{os.getpid()}.tmp")
+                tmp.write_text(self._record())
+                os.replace(tmp, self.path)
+            except OSError:
+                continue  # a transient filesystem error: try again at the next beat
 
     def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._stop = self._thread = None
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False

@@ -6,6 +6,7 @@ resume, results and checkpoint logic through their own learner.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader
 from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
-from recast_bench.engine.evaluate import accuracy
+from recast_bench.engine.device import apply_profile
+from recast_bench.engine.evaluate import accuracy, shard_for_rank
 from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.module import TaskModule, count
@@ -39,16 +41,26 @@ class Learner(Protocol):
     def evaluate(self, t: int, task: Task) -> float: ...
 
 
-def make_loader(ds, batch_size: int, shuffle: bool, tcfg: TrainerConfig, seed: int) -> DataLoader:  # noqa: ANN001
+def make_loader(
+    ds,  # noqa: ANN001
+    batch_size: int,
+    shuffle: bool,
+    tcfg: TrainerConfig,
+    seed: int,
+    persistent: bool | None = None,
+) -> DataLoader:
+    """A loader with the run's worker settings; ``persistent=False`` for one-pass loaders (test evaluation)."""
+    workers = int(tcfg.num_workers or 0)
+    keep = bool(tcfg.persistent_workers) if persistent is None else persistent
     return DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=shuffle,
-        num_workers=tcfg.num_workers,
+        num_workers=workers,
         worker_init_fn=worker_init,
         generator=loader_generator(seed),
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
+        persistent_workers=keep and workers > 0,
+        pin_memory=bool(tcfg.pin_memory) and torch.cuda.is_available(),
     )
 
 
@@ -92,6 +104,7 @@ class LightningLearner:
         self.callbacks_factory = callbacks_factory
         self.isolates_tasks = method.isolates_tasks
         self.device = device or torch.device("cpu")
+        apply_profile(tcfg, method.ctx.family)  # a no-op for the loop's already resolved config
         self._states: dict[int, dict[str, torch.Tensor]] = {}
         self._current: int | None = None
 
@@ -102,10 +115,15 @@ class LightningLearner:
     def fit_task(self, t: int, task: Task) -> dict:
         m = self.model
         m.active_task = t
+        # Lightning's DistributedSampler seeds from PL_GLOBAL_SEED (else 0): under DDP every rank must shuffle
+        # with the same seed (the shards partition one permutation), and that seed must be the run's.
+        os.environ["PL_GLOBAL_SEED"] = str(self.seed + t)
         train_loader = make_loader(task.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t)
         val_loader = make_loader(task.val, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
         self.method.on_task_start(m, t, task, train_loader)
         m.add_head(t, task.num_classes)
+        if self.tcfg.channels_last:  # after on_task_start and add_head: every conv weight, old and new, is NHWC
+            m.to(memory_format=torch.channels_last)
         trainable = self.trainable(t)
         best: dict = {"acc": -1.0, "epoch": -1, "state": None}
 
@@ -116,8 +134,9 @@ class LightningLearner:
             return s
 
         def on_val(epoch: int, acc: float) -> None:
-            # ">" keeps the earliest best epoch, so ties resolve deterministically.
-            if acc > best["acc"]:
+            # Ties keep the latest epoch (SELECTION in engine/results.py): a later epoch has trained longer, at the
+            # same or a lower learning rate, and small val sets tie often (the demo saturates at 100 %).
+            if acc >= best["acc"]:
                 best.update(acc=acc, epoch=epoch, state=snapshot())
 
         module = TaskModule(m, self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
@@ -142,7 +161,9 @@ class LightningLearner:
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
         train_s = time.perf_counter() - start
-        self.device = module.device
+        # Lightning's teardown has moved the module to the CPU: evaluate (and run on_task_end) where it trained.
+        self.device = trainer.strategy.root_device
+        m.to(self.device)
         if best["state"] is not None:  # restore the epoch selected on val
             st = best["state"]
             self._load_task_state(t, {k[5:]: v for k, v in st.items() if k.startswith("task/")})
@@ -218,6 +239,11 @@ class LightningLearner:
         if self._current != t:
             self._load_task_state(t, self._states[t])
             self._current = t
-        loader = make_loader(task.test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
+        # Under DDP each rank evaluates its own shard and the counts are summed on the device (no CPU collective).
+        test, sharded = shard_for_rank(task.test)
+        loader = make_loader(test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
         self.model.to(self.device)
-        return accuracy(self.model, t, loader, task.num_classes, self.device)
+        return accuracy(
+            self.model, t, loader, task.num_classes, self.device, self.tcfg.precision, bool(self.tcfg.channels_last),
+            sharded,
+        )

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,16 @@ from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import build_stream
 from recast_bench.engine.build import build_method
 from recast_bench.engine.checkpoint import RunLock, read_json, write_json
+from recast_bench.engine.device import (
+    apply_profile,
+    configure_cublas,
+    device_record,
+    peak_gpu_mem_mb,
+    peak_rss_mb,
+    reset_peak_memory,
+    run_device,
+    set_backend_flags,
+)
 from recast_bench.engine.faults import failpoint
 from recast_bench.engine.learner import LightningLearner
 from recast_bench.engine.logging import EpochMetrics, finish_logger, log_task_results, make_logger
@@ -37,7 +46,10 @@ from recast_bench.seed import seed_everything
 RESULTS = "results.json"
 SHARED = "shared.safetensors"
 # Keys that change how a run is displayed or where it runs, not what it computes.
-_NOT_FINGERPRINTED = {"out", "logger", "progress_bar", "num_workers"}
+# The profile's name is not fingerprinted, the values it resolved to are (precision, determinism, TF32...).
+_NOT_FINGERPRINTED = {
+    "out", "logger", "progress_bar", "num_workers", "persistent_workers", "pin_memory", "profile", "resolved_profile",
+}  # fmt: skip
 
 
 def fingerprint(cfg: dict) -> str:
@@ -51,10 +63,16 @@ def fingerprint(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(strip(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def peak_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+def record_peak_memory(res: dict, device: torch.device) -> None:
+    """Peak memory measured the same way for every runner (Lightning and Avalanche share this process and device):
+    ``peak_gpu_mem_mb`` = torch's peak allocation on the run's CUDA device, ``peak_rss_mb`` = the process's peak
+    resident set; ``peak_mem_mb`` (kept for older reports) is the GPU figure on CUDA, else the RSS one."""
+    rss = peak_rss_mb()
+    gpu = peak_gpu_mem_mb(device)
+    res["peak_rss_mb"] = max(float(res.get("peak_rss_mb") or 0.0), rss)
+    if gpu is not None:
+        res["peak_gpu_mem_mb"] = max(float(res.get("peak_gpu_mem_mb") or 0.0), gpu)
+    res["peak_mem_mb"] = res["peak_gpu_mem_mb"] if gpu is not None else res["peak_rss_mb"]
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -85,15 +103,20 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     Everything that can fail on bad input (names, values, datasets, weight files) is built before the output
     directory is touched, so a rejected run creates and overwrites nothing.
     """
+    configure_cublas()  # before any CUDA work: some methods run GEMMs in setup, before Lightning would set it
     load_all()
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
+    spec = get_spec(cfg.backbone.name)
     tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)  # type: ignore[assignment]
     if tcfg.epochs < 1:
         raise UserError(f"trainer.epochs must be >= 1, got {tcfg.epochs}")
+    apply_profile(tcfg, spec.family)
+    device = run_device(tcfg)  # an unusable GPU stops here, before anything is written
+    set_backend_flags(tcfg)
+    cfg.trainer = OmegaConf.structured(tcfg)  # the resolved profile is part of the recorded config
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
     if tcfg.progress_bar is None:
         tcfg.progress_bar = sys.stderr.isatty()
-    spec = get_spec(cfg.backbone.name)
     method = build_method(cfg.method_name, cfg.method, spec.family)  # validates names and values up front
     out = Path(cfg.out)
     fp = fingerprint(plain)
@@ -125,11 +148,11 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
         if rank0 and (out / RESULTS).exists():  # another run may have finished it while we were building
             prev = read_json(out / RESULTS)
         return _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo and rank0, tasks, backbone,
-                           weights_path, image_size, rank0)  # fmt: skip
+                           weights_path, image_size, rank0, device)  # fmt: skip
 
 
 def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, backbone, weights_path, image_size,
-                rank0) -> dict:  # noqa: ANN001  # fmt: skip
+                rank0, device) -> dict:  # noqa: ANN001  # fmt: skip
     seed = int(cfg.seed)
     model = TaskModel(backbone, num_features(backbone))
     method.ctx = RunContext(
@@ -140,17 +163,21 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         out_dir=str(out),
         seed=seed,
         image_size=image_size,
-        device="cuda" if (tcfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()) else "cpu",
+        device=str(device),  # with its index: each DDP rank and each bench slot works on its own GPU
     )
     seed_everything(seed)
     method.setup(model)
     backbone_params = sum(p.numel() for p in model.backbone.parameters())
 
+    reset_peak_memory(device)
     res = prev or new_results(
         cfg.method_name, spec.name, cfg.stream.name, seed, [t.name for t in tasks], plain,
         fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
         isolates_tasks=method.isolates_tasks, weights=weights_path, versions=_versions(),
     )  # fmt: skip
+    res.update(device_record(device, tcfg))  # where this (possibly resumed) session runs
+    gpu = f" ({res['gpu_name']})" if res.get("gpu_name") else ""
+    where = f"{device}{gpu}, profile {tcfg.resolved_profile}, precision {tcfg.precision}"
     logger = make_logger(cfg.logger, out, f"{cfg.method_name}-{spec.name}-s{seed}", plain) if rank0 else None
     step = {"n": int(res.get("log_step", 0))}
 
@@ -162,7 +189,7 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
     if method.runner == "avalanche":
         learner = method.make_learner(model, tasks, tcfg, seed, fp)  # type: ignore[attr-defined]
     else:
-        learner = LightningLearner(model, method, tcfg, seed, fp, callbacks_factory=callbacks)
+        learner = LightningLearner(model, method, tcfg, seed, fp, callbacks_factory=callbacks, device=device)
 
     done = int(res["completed_tasks"])
     if done:  # resume: the shared state as it was after the last completed task, then every task's own state
@@ -198,8 +225,7 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         res["train_s_per_task"][t] = stats.get("train_s")
         res["completed_tasks"] = t + 1
         res["wall_s"] = float(res["wall_s"]) + time.perf_counter() - start
-        mem = peak_mem_mb(getattr(learner, "device", torch.device("cpu")))
-        res["peak_mem_mb"] = max(float(res["peak_mem_mb"]), mem)
+        record_peak_memory(res, device)
         summarise(res)
         if rank0:
             log_task_results(logger, res, step["n"])
@@ -211,6 +237,8 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
                 (task_dir(out, tasks[t - 1].name) / SHARED).unlink(missing_ok=True)
         failpoint("task_done")
         if echo:
+            if t == done:  # said once, with the first result (an error before it stays a one-line message)
+                print(f"[{cfg.method_name}] running on {where}", file=sys.stderr)
             accs = " ".join(f"{a:.1f}" for a in row[: t + 1])
             print(f"[{cfg.method_name}] task {t + 1}/{len(tasks)} {task.name}: test acc {accs}", file=sys.stderr)
 

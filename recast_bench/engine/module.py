@@ -21,6 +21,16 @@ class NonFiniteLoss(UserError):
     """Training diverged; the message names the task and the step."""
 
 
+FINITE_CHECK_EVERY = 50
+"""Training steps between host-side checks of the non-finite-loss flag on an accelerator (every step on the CPU,
+where reading a scalar costs no device sync). A run that diverges stops at most this many steps later; the
+message still names the first bad step."""
+
+
+def _sync_is_cheap(device: torch.device) -> bool:
+    return device.type == "cpu"
+
+
 def check_labels(y: torch.Tensor, num_classes: int, task_name: str) -> None:
     """A label outside the head's range would silently index garbage (or crash deep in CUDA): name it."""
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
@@ -65,6 +75,8 @@ class TaskModule(L.LightningModule):
         self._frozen_bn = frozen_batchnorms(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tcfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x, self.task_index)
 
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
@@ -84,16 +96,37 @@ class TaskModule(L.LightningModule):
         failpoint("mid_task")
         logits = self(x)
         loss = self.method.training_loss(self.model, F.cross_entropy(logits, y), logits, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"non-finite loss ({loss.item()}) in task {self.task_index} ({self.task_name}) at epoch "
-                f"{self.current_epoch}, step {self.global_step}; lower the learning rate"
-            )
+        self._note_finite(loss, batch_idx)
         self.train_acc.update(logits.detach(), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
+    # Device-side record of the first non-finite loss (step, value); read on the host only every FINITE_CHECK_EVERY
+    # steps and at epoch end, because each read is a sync that stalls the CUDA queue. Set per instance on first use.
+    _bad_step: torch.Tensor | None = None
+    _bad_loss: torch.Tensor | None = None
+
+    def _note_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        value = loss.detach().float()
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, dtype=torch.int64, device=value.device)
+            self._bad_loss = torch.zeros((), device=value.device)
+        first = ~torch.isfinite(value) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, torch.full_like(self._bad_step, self.global_step), self._bad_step)
+        self._bad_loss = torch.where(first, value, self._bad_loss)
+        if _sync_is_cheap(value.device) or (batch_idx + 1) % FINITE_CHECK_EVERY == 0:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._bad_step is None or int(self._bad_step) < 0:
+            return
+        raise NonFiniteLoss(
+            f"non-finite loss ({float(self._bad_loss)}) in task {self.task_index} ({self.task_name}) at epoch "
+            f"{self.current_epoch}, step {int(self._bad_step)}; lower the learning rate"
+        )
+
     def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()
         self.log("train/acc", self.train_acc.compute() * 100.0, prog_bar=True)
         self.train_acc.reset()
 

@@ -1,0 +1,262 @@
+"""Where a run executes and how: the device (with its index), the execution profile, and the record of both.
+
+Profiles (``trainer.profile``):
+
+* ``cpu``: fp32, full-precision matmuls, no loader workers, deterministic kernels (the project's CPU defaults).
+* ``gpu``: bf16 autocast, TF32 matmuls and convolutions, persistent pinned loader workers sized to the machine,
+  channels_last for ResNets, and ``deterministic=warn``.
+* ``auto`` (default): ``gpu`` when the run will train on a CUDA device, else ``cpu``.
+
+A value the user sets explicitly (``trainer.precision=32-true``) always wins over the profile: profile-controlled
+fields default to ``None`` in :class:`~recast_bench.config.TrainerConfig` and only ``None`` is filled in.
+
+Determinism trade-off of the GPU profile: ``warn`` asks torch for deterministic kernels wherever they exist and
+only warns where an op has none (instead of crashing a 100-epoch run on, e.g., a scatter-add backward); cuDNN
+benchmarking stays off. Runs are then reproducible up to those ops and up to bf16/TF32 rounding, which depends on
+the GPU model. ``trainer.deterministic=true`` restores hard determinism, ``false`` allows cuDNN autotuning.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from recast_bench.errors import UserError
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""cuBLAS needs this before its first call for deterministic GEMMs (torch checks it once, at that call)."""
+
+PROFILES = ("auto", "cpu", "gpu")
+MAX_WORKERS = 8
+RUNS_PER_NODE_ENV = "RECAST_BENCH_RUNS_PER_NODE"
+"""Set by the bench slot launcher: how many runs share this machine's CPUs (loader workers are divided)."""
+
+
+def configure_cublas() -> None:
+    """Set the cuBLAS workspace for deterministic GEMMs unless the user chose one; harmless without CUDA."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects cgroup/SLURM CPU sets, unlike os.cpu_count()
+    except AttributeError:  # pragma: no cover (non-Linux)
+        return os.cpu_count() or 1
+
+
+def default_workers(gpus: int) -> int:
+    """Loader workers per run: the CPUs per GPU (or per concurrent run) on this machine, at most 8, at least 1."""
+    share = max(gpus, int(os.environ.get(RUNS_PER_NODE_ENV, "0") or 0), 1)
+    return max(1, min(_cpus() // share, MAX_WORKERS))
+
+
+def wants_cuda(tcfg: Any) -> bool:
+    """Whether the config asks for CUDA explicitly (``gpu``/``cuda``), as opposed to ``auto`` or ``cpu``."""
+    return str(tcfg.accelerator).lower() in ("gpu", "cuda")
+
+
+def uses_cuda(tcfg: Any) -> bool:
+    """Whether the run trains on CUDA: explicitly asked for, or ``auto`` with a CUDA device present."""
+    accel = str(tcfg.accelerator).lower()
+    return accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+
+
+def choose_profile(tcfg: Any) -> str:
+    profile = str(getattr(tcfg, "profile", "auto") or "auto").lower()
+    if profile not in PROFILES:
+        raise UserError(f"trainer.profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    if profile != "auto":
+        return profile
+    return "gpu" if uses_cuda(tcfg) else "cpu"
+
+
+def profile_values(profile: str, family: str, gpus: int = 1) -> dict[str, Any]:
+    """The settings of ``profile`` for a backbone ``family`` (``vit``/``resnet``) on a machine with ``gpus``."""
+    if profile == "cpu":
+        return {
+            "precision": "32-true",
+            "num_workers": 0,
+            "persistent_workers": False,
+            "pin_memory": False,
+            "deterministic": True,
+            "matmul_precision": "highest",
+            "channels_last": False,
+        }
+    workers = default_workers(gpus)
+    return {
+        # bf16 has fp32's exponent range: no loss scaling, and no overflow aborting a run (fp16's failure mode).
+        "precision": "bf16-mixed",
+        "num_workers": workers,
+        "persistent_workers": workers > 0,  # the engine builds a Trainer per task: do not respawn per epoch
+        "pin_memory": True,
+        "deterministic": "warn",
+        "matmul_precision": "high",  # TF32 for fp32 matmuls (what autocast leaves in fp32)
+        "channels_last": family == "resnet",
+    }
+
+
+PROFILE_FIELDS = tuple(profile_values("cpu", "vit"))
+
+
+def apply_profile(tcfg: Any, family: str) -> str:
+    """Fill every profile field of ``tcfg`` that is ``None`` from the chosen profile; returns the profile name.
+
+    Idempotent: a config already resolved keeps its values (and its recorded ``resolved_profile``).
+    """
+    if getattr(tcfg, "resolved_profile", None):
+        return str(tcfg.resolved_profile)
+    profile = choose_profile(tcfg)
+    gpus = torch.cuda.device_count() if profile == "gpu" and torch.cuda.is_available() else 1
+    for key, value in profile_values(profile, family, gpus).items():
+        if getattr(tcfg, key, None) is None:
+            setattr(tcfg, key, value)
+    tcfg.deterministic = parse_deterministic(tcfg.deterministic)
+    if int(tcfg.num_workers) < 0:
+        raise UserError(f"trainer.num_workers must be >= 0, got {tcfg.num_workers}")
+    if int(tcfg.num_workers) == 0:
+        tcfg.persistent_workers = False  # torch refuses persistent workers without workers
+    if tcfg.matmul_precision not in ("highest", "high", "medium"):
+        raise UserError(f"trainer.matmul_precision must be highest, high or medium, got {tcfg.matmul_precision!r}")
+    tcfg.resolved_profile = profile
+    return profile
+
+
+def parse_deterministic(value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    if text == "warn":
+        return "warn"
+    raise UserError(f"trainer.deterministic must be true, false or warn, got {value!r}")
+
+
+def set_backend_flags(tcfg: Any) -> None:
+    """Process-wide math settings of the resolved config (TF32 for matmuls and cuDNN convolutions)."""
+    torch.set_float32_matmul_precision(str(tcfg.matmul_precision))
+    torch.backends.cudnn.allow_tf32 = tcfg.matmul_precision != "highest"
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def local_device_index(devices: Any, rank: int | None = None) -> int:
+    """The CUDA index this process uses: Lightning maps local rank r to ``devices[r]`` for a list, else to r."""
+    rank = local_rank() if rank is None else rank
+    if isinstance(devices, str) and "," in devices:
+        devices = [int(d) for d in devices.split(",") if d.strip()]
+    if isinstance(devices, list | tuple):
+        if not devices:
+            raise UserError("trainer.devices is an empty list")
+        return int(devices[rank % len(devices)])
+    return rank
+
+
+def _cuda_build() -> str:
+    arch = " ".join(torch.cuda.get_arch_list()) or "none"
+    return f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none'} (architectures: {arch})"
+
+
+def check_cuda(index: int) -> None:
+    """A test matmul on CUDA device ``index``; any failure is one line naming the GPU and the torch build."""
+    n = torch.cuda.device_count()
+    if index >= n:
+        raise UserError(f"CUDA device {index} requested but only {n} visible (check trainer.devices)")
+    name = "?"
+    try:
+        name = torch.cuda.get_device_name(index)
+        a = torch.randn(64, 64, device=f"cuda:{index}")
+        float((a @ a).sum())  # a cuBLAS call and a sync: unsupported architectures and driver faults surface here
+    except Exception as e:  # noqa: BLE001 (any CUDA failure means the GPU cannot be used)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"CUDA device {index} ({name}) is not usable: {first}; {_cuda_build()}. "
+            "Use trainer.accelerator=cpu to run on the CPU"
+        ) from None
+
+
+def run_device(tcfg: Any) -> torch.device:
+    """The device this process trains and evaluates on, with its index; a requested but unusable GPU is an error.
+
+    ``auto`` without CUDA is the CPU; ``auto`` with a CUDA device that fails the test matmul is an error as well,
+    never a silent fallback to the CPU.
+    """
+    configure_cublas()  # the test matmul is the process's first cuBLAS call
+    accel = str(tcfg.accelerator).lower()
+    if accel not in ("gpu", "cuda", "auto"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if accel == "auto":
+            return torch.device("cpu")
+        raise UserError(
+            f"trainer.accelerator={tcfg.accelerator} but CUDA is not available here ({_cuda_build()}); "
+            "use trainer.accelerator=cpu or auto"
+        )
+    index = local_device_index(tcfg.devices)
+    check_cuda(index)
+    torch.cuda.set_device(index)  # methods' own ".cuda()" work and Avalanche land on this rank's GPU
+    return torch.device("cuda", index)
+
+
+def autocast_dtype(precision: Any) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision string, ``None`` when it does not autocast."""
+    text = str(precision)
+    if text.startswith("bf16") and "mixed" in text:
+        return torch.bfloat16
+    if text.startswith("16") and "mixed" in text:
+        return torch.float16
+    return None
+
+
+def autocast(device: torch.device, precision: Any) -> torch.autocast:
+    """Autocast as Lightning applies it for ``precision`` (disabled for true-precision settings)."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# ---- the record in results.json ---------------------------------------------------------------------------------
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (Linux ru_maxrss, KiB). It includes touched pages of the memory-mapped
+    data cache, so compare it only between runs over the same data."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_mem_mb(device: torch.device) -> float | None:
+    """Peak memory allocated by tensors on ``device`` since the run started (``None`` off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def device_record(device: torch.device, tcfg: Any) -> dict[str, Any]:
+    """What results.json says about where and how the run executed."""
+    rec: dict[str, Any] = {
+        "device": str(device),
+        "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "precision": str(tcfg.precision),
+        "profile": {"name": getattr(tcfg, "resolved_profile", None), **{k: getattr(tcfg, k) for k in PROFILE_FIELDS}},
+        "cuda_version": torch.version.cuda,
+    }
+    if device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        rec["gpu_capability"] = f"sm_{cap[0]}{cap[1]}"
+        rec["gpu_mem_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    return rec
+
+
+def config_fields(tcfg: Any) -> dict[str, Any]:
+    """The dataclass fields of a trainer config as a dict (what is written back into the run's config)."""
+    return {f.name: getattr(tcfg, f.name) for f in fields(tcfg)}
