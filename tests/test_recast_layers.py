@@ -70,13 +70,42 @@ def test_inference_cache_reuses_and_refreshes_after_changes():
         w2 = layer.weight
         assert w2 is not w1
         torch.testing.assert_close(w2, bank.generate(layer.coefficients))
-        layer.coefficients.data.copy_(torch.zeros(2, 2))  # .data write: no version bump, caught by the value key
+        layer.coefficients.data.copy_(torch.zeros(2, 2))  # .data write: no version bump (documented) ...
+        assert layer.weight is w2  # ... so the cache is reused: nothing on the hot path reads device values
+        layer.invalidate_cache()  # what RECAST's state loading does after such writes
         assert layer.weight.abs().sum() == 0
         bank.templates.mul_(2.0)  # template change
         layer.coefficients.fill_(1.0)
         torch.testing.assert_close(layer.weight, bank.templates.sum(0))
     # With autograd on the cache is bypassed: the weight must carry a graph.
     assert layer.weight.requires_grad and layer.weight.grad_fn is not None
+
+
+@pytest.mark.parametrize("opt_kwargs", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+def test_inference_cache_follows_optimizer_steps_without_reading_values(opt_kwargs, monkeypatch):
+    torch.manual_seed(0)
+    bank = TemplateBank(2, (4, 4))
+    layer = ReparamLinear(bank, 2)
+    opt = torch.optim.AdamW([layer.coefficients], lr=0.1, **opt_kwargs)
+    x = torch.randn(3, 4)
+    # The cache check must not compare tensor values (a host sync per layer per batch on CUDA).
+    monkeypatch.setattr(torch, "equal", lambda *a: (_ for _ in ()).throw(AssertionError("torch.equal called")))
+    with torch.no_grad():
+        w0 = layer.weight
+        assert layer.weight is w0
+    for _ in range(2):  # training mode: graph-carrying weights, then an optimizer step
+        opt.zero_grad()
+        layer(x).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            w = layer.weight
+            assert w is not w0, "cache not invalidated by the optimizer step"
+            torch.testing.assert_close(w, bank.generate(layer.coefficients))
+            assert layer.weight is w  # and reused until the next change
+            w0 = w
+    with torch.no_grad():  # load_state_dict copies in place: invalidated too
+        layer.load_state_dict({**layer.state_dict(), "coefficients": torch.zeros(2, 2)})
+        assert layer.weight.abs().sum() == 0
 
 
 def test_joint_orthogonal_init_across_modules_of_a_bank():

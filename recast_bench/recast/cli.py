@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "mimic",
         help="reconstruct a backbone as RECAST templates + coefficients (Neural Mimicry)",
-        description=__doc__.splitlines()[0],
+        description="Neural Mimicry: reconstruct a backbone's weights as shared RECAST templates and per-module "
+        "coefficients, from the weights alone (no data), and report how close the reconstruction is.",
     )
     p.add_argument("--backbone", required=True, help="registered backbone name, e.g. vit_small, resnet34")
     p.add_argument(
@@ -26,9 +27,16 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--weights-dir", default="data/weights")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--loss", default="smoothl1", help="smoothl1 | mse | smoothl1_noise | vae | vae_mse")
-    p.add_argument("--init", default="svd", help="svd (closed form, then refine) | random (paper)")
-    p.add_argument("--iters", type=int, default=None, help="max iterations (default: paper, ViT 1000 / ResNet 3000)")
+    p.add_argument(
+        "--loss",
+        default=None,
+        help="smoothl1 | mse | smoothl1_noise | vae | vae_mse (default: the authors' runs, ViT smoothl1_noise, "
+        "ResNet smoothl1)",
+    )
+    p.add_argument("--init", default="random", help="random (the paper's procedure, default) | svd (ours)")
+    p.add_argument(
+        "--iters", type=int, default=None, help="iterations (default: paper, ViT 1000 / ResNet 3000 / VAE 2500)"
+    )
     p.add_argument("--groups", type=int, default=None, help="G (ViT; default: 2 blocks per group, 6 on ViT-S)")
     p.add_argument("--templates", type=int, default=2, help="n per bank (ViT)")
     p.add_argument("--sets", type=int, default=2, help="K coefficient sets")

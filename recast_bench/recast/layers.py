@@ -64,7 +64,7 @@ class _Reparam(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.cache_weight = True
         """Reuse the generated weight while gradients are off and neither coefficients nor templates changed."""
-        self._cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def num_sets(self) -> int:
@@ -75,12 +75,12 @@ class _Reparam(nn.Module):
         return int(self.coefficients.shape[1])
 
     def _cache_key(self) -> tuple:
-        # In-place updates bump ``_version``; ``.data =`` reassignment changes ``data_ptr``. The coefficients are
-        # tiny, so their values are part of the key too: that also catches ``p.data.copy_(...)``, which bypasses
-        # the version counter. Templates are frozen after Neural Mimicry; call ``invalidate_cache`` if you write
-        # them through ``.data``.
+        # Host-side only, so checking it never waits for the device: every in-place update of a tensor (optimizer
+        # steps, copy_, load_state_dict) bumps its version counter, and ``.data =`` reassignment changes data_ptr.
+        # Writes through ``p.data`` (e.g. ``p.data.copy_``) bypass the version counter: call invalidate_cache after
+        # them (RECAST's own state loading does).
         c, t = self.coefficients, self.bank.templates
-        return (c._version, c.data_ptr(), t._version, t.data_ptr(), t.device, t.dtype)
+        return (c._version, c.data_ptr(), c.dtype, t._version, t.data_ptr(), t.device, t.dtype)
 
     def invalidate_cache(self) -> None:
         self._cache = None
@@ -92,12 +92,10 @@ class _Reparam(nn.Module):
             self._cache = None
             return self.bank.generate(self.coefficients)
         key = self._cache_key()
-        if self._cache is not None:
-            old_key, old_coef, w = self._cache
-            if old_key == key and torch.equal(old_coef, self.coefficients):
-                return w
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
         w = self.bank.generate(self.coefficients)
-        self._cache = (key, self.coefficients.detach().clone(), w)
+        self._cache = (key, w)
         return w
 
     def __getstate__(self) -> dict:

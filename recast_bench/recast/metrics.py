@@ -3,11 +3,13 @@
 * Feature similarity per block on one batch, as in the authors' notebooks: ViT -- cosine of the flattened token
   tensor of each block, per sample; ResNet -- cosine of the spatially averaged channels after each stage.
 * Output similarity: cosine of the logits and top-1 agreement between the original and the reconstructed model.
-* Diversity per bank (the authors' code lacks these; built from the appendix text):
-  ``frobenius`` -- mean Frobenius distance over template pairs (the appendix normalises the pair sum by
-  ``n (n - 1)``, half the mean; we report the plain mean), ``entropy`` -- mean Shannon entropy of each template's
-  normalised singular values (templates reshaped to ``out x rest``), and ``coef_similarity`` -- mean pairwise cosine
-  between the layers of a group, each layer's coefficients of all its templated modules flattened and concatenated.
+* Diversity per bank, Appendix A.3 as written (the authors' code lacks these): ``frobenius`` -- ``avg_frobenius_g =
+  1 / (n (n - 1)) * sum_{i < j} ||T_i - T_j||_F`` (the appendix's normalisation, i.e. half the mean pair distance;
+  0 for one template), ``entropy`` -- ``avg_entropy_g = (1 / n) sum_i H(T_i)``, the Shannon entropy (nats) of each
+  template's singular values (templates reshaped to ``out x rest``). The appendix says "entropy of singular values"
+  without a normalisation; we read it literally, ``p_i = s_i / sum_j s_j`` (``power=2``, ``s_i^2 / sum s_j^2``,
+  the energy reading, is available). ``coef_similarity`` -- mean pairwise cosine between the layers of a group,
+  each layer's coefficients of all its templated modules flattened and concatenated.
 """
 
 from __future__ import annotations
@@ -68,23 +70,27 @@ def output_similarity(original: nn.Module, recon: nn.Module, family: str, x: tor
 
 
 def template_frobenius(templates: torch.Tensor) -> float:
-    """Mean Frobenius distance between the templates of one bank (0 for a single template)."""
+    """Appendix A.3: ``1 / (n (n - 1)) * sum over pairs i < j of ||T_i - T_j||_F`` (0 for a single template)."""
     n = templates.shape[0]
     if n < 2:
         return 0.0
     flat = templates.reshape(n, -1).double()
-    return float(torch.stack([(flat[i] - flat[j]).norm() for i, j in combinations(range(n), 2)]).mean())
+    total = sum(float((flat[i] - flat[j]).norm()) for i, j in combinations(range(n), 2))
+    return total / (n * (n - 1))
 
 
-def singular_value_entropy(templates: torch.Tensor) -> float:
-    """Mean entropy (nats) of the normalised singular values of each template.
+def singular_value_entropy(templates: torch.Tensor, power: int = 1) -> float:
+    """Appendix A.3: mean over templates of the entropy (nats) of ``p_i = s_i^power / sum_j s_j^power``.
 
+    ``power=1`` (default) reads "entropy of singular values" literally; ``power=2`` normalises the energies.
     Singular values come from the eigenvalues of the smaller Gram matrix (a batched matmul plus a small symmetric
     eigensolve), several times faster on CPU than a full SVD of every template.
     """
+    if power not in (1, 2):
+        raise ValueError(f"entropy power must be 1 or 2, got {power}")
     flat = templates.reshape(templates.shape[0], templates.shape[1], -1).float()
     gram = flat @ flat.transpose(1, 2) if flat.shape[1] <= flat.shape[2] else flat.transpose(1, 2) @ flat
-    s = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt()
+    s = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt() ** power
     p = s / s.sum(dim=1, keepdim=True).clamp_min(1e-300)
     return float((-(p * torch.log(p.clamp_min(1e-300))).sum(dim=1)).mean())
 
