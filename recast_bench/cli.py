@@ -1,6 +1,6 @@
-"""The ``recast-bench`` console script: parses arguments, composes the config, calls library functions.
+"""The recast-bench console script: parses arguments, composes the config, calls library functions.
 
-Every user mistake surfaces as one line on stderr and exit code 2 (see :class:`recast_bench.errors.UserError`).
+Every user mistake surfaces as one line on stderr and exit code 2 (see recast_bench.errors.UserError).
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ SUBCOMMAND_MODULES = (
     "recast_bench.data.cli",
     "recast_bench.report.cli",
     "recast_bench.perf",
+    "recast_bench.deploy.cli",
 )
+
+DESCRIPTION = (
+    "RECAST (ICLR 2025) and its continual-learning baselines on one task-incremental benchmark: train a method over "
+    "a stream of tasks, report it beside the paper, and ship a learned task (export, pack, predict)."
+)
+EPILOG = "Run 'recast-bench COMMAND --help' for a command's options; 'recast-bench list -v' describes every method."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,18 +79,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def method_description(cls: type) -> str:
+    """One line for ``list -v``: the class docstring's first line, or its module's when the class defers to it."""
+    import inspect
+
+    def first_line(doc: str | None) -> str:
+        line = (doc or "").strip().splitlines()[0].strip() if (doc or "").strip() else ""
+        return line.replace("``", "").replace(":class:", "").replace("`", "")
+
+    own = first_line(cls.__dict__.get("__doc__"))
+    if own and "module docstring" not in own:
+        return own
+    module = inspect.getmodule(cls)
+    return first_line(module.__doc__ if module else None) or own
+
+
+def stream_options() -> list[str]:
+    """Every --stream value: the conf/stream/*.yaml files (several share one registered builder, e.g. six_quick)."""
+    from recast_bench.config import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "stream").glob("*.yaml"))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    from recast_bench.registry import BACKBONES, METHODS, STREAMS, all_method_names, load_all
+    from recast_bench.registry import BACKBONES, METHODS, all_method_names, load_all
 
     load_all()
     print("methods:   " + " ".join(all_method_names()))
     print("backbones: " + " ".join(BACKBONES.names()))
-    print("streams:   " + " ".join(STREAMS.names()))
+    print("streams:   " + " ".join(stream_options()))
     if args.verbose:
+        print()
         for name in METHODS.names():
             cls = METHODS.get(name)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"  {name:<12} families={','.join(cls.families):<11} isolates={cls.isolates_tasks!s:<5} {doc}")
+            families = ",".join(cls.families)
+            print(f"  {name:<12} {families:<11} isolates={cls.isolates_tasks!s:<5}  {method_description(cls)}")
+        print("  recast+X     RECAST generates the weights and X adapts them; both train per task "
+              "(X: any method above whose layers take a generated weight)")  # fmt: skip
     return 0
 
 
@@ -101,11 +133,11 @@ def print_summary(results: list[dict]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="recast-bench", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = _Parser(prog="recast-bench", description=DESCRIPTION, epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     lp = sub.add_parser("list", help="registered methods, backbones and streams")
-    lp.add_argument("-v", "--verbose", action="store_true")
+    lp.add_argument("-v", "--verbose", action="store_true", help="describe each method in one line")
     lp.set_defaults(func=cmd_list)
 
     rp = sub.add_parser("run", help="run one method over a task stream (resumes an existing --out)")
@@ -113,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--backbone", help="backbone config (conf/backbone/)")
     rp.add_argument("--stream", help="stream config (conf/stream/)")
     rp.add_argument("--out", help="output directory (default runs/<method>-<backbone>-<stream>-s<seed>)")
-    rp.add_argument("--seed", type=int)
-    rp.add_argument("--experiment", help="an entry of conf/experiment/")
+    rp.add_argument("--seed", type=int, help="random seed (default 42; the paper uses 42, 1998, 3142592)")
+    rp.add_argument("--experiment", help="an entry of conf/experiment/, e.g. recast_gnk")
     rp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.epochs=5 method.recast.groups=3")
     rp.set_defaults(func=cmd_run)
 
@@ -126,7 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part of the project is not installed in this checkout
             raise
         module.add_parser(sub)
+    describe_subcommands(sub)
     return p
+
+
+def describe_subcommands(sub: argparse._SubParsersAction) -> None:
+    """A subcommand without its own description shows its one-line help as the description of its --help."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        if not parser.description and helps.get(name):
+            text = helps[name]
+            parser.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                describe_subcommands(action)
 
 
 def quiet_libraries() -> None:

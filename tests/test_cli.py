@@ -67,3 +67,48 @@ def test_paper_spelling_der_plus_plus_is_an_alias():
 
     assert parse_method_name("DER++") == ("derpp",)
     assert parse_method_name("recast+adaptformer") == ("recast", "adaptformer")
+
+
+def test_list_verbose_describes_every_method_and_lists_every_stream(capsys):
+    from recast_bench.config import CONF_DIR
+    from recast_bench.registry import METHODS
+
+    assert main(["list", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "module docstring" not in out and "``" not in out
+    streams = out.splitlines()[2].split()[1:]
+    assert streams == sorted(p.stem for p in (CONF_DIR / "stream").glob("*.yaml"))
+    assert {"six", "six_pooled", "six_quick", "six_reversed", "six_permuted", "synthetic"} <= set(streams)
+    described = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    for name in METHODS.names():
+        line = described[name]
+        description = line.split("isolates=")[1].split(None, 1)[1]
+        assert len(description) > 20, f"{name} has no real description: {line!r}"
+    assert "rank-1 LoRA" in described["melo"] and "fine-tuning" in described["finetune"].lower()
+
+
+def _all_parsers():
+    import argparse
+
+    from recast_bench.cli import build_parser
+
+    todo = [("recast-bench", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+
+
+def test_every_help_is_written_for_users():
+    """No reST markup, no module docstrings as descriptions, and every subcommand has a description."""
+    parsers = dict(_all_parsers())
+    for cmd in ("run", "list", "export", "pack", "predict", "mimic", "report", "data", "perf", "demo", "pretrain"):
+        assert f"recast-bench {cmd}" in parsers, cmd
+    for name, parser in parsers.items():
+        text = parser.format_help()
+        assert "``" not in text, f"{name} --help shows reST double backticks"
+        assert ":class:" not in text and ":func:" not in text, name
+        assert "subcommand" not in (parser.description or "").lower(), f"{name}: a module docstring as description"
+        assert parser.description, f"{name} --help has no description"

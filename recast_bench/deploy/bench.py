@@ -1,0 +1,162 @@
+"""Task-pack benchmark: bytes per task and the time to switch task on one shared backbone (CPU figures, JSON).
+
+``python -m recast_bench.deploy.bench --out deploy-bench.json`` builds each method on the backbone (random weights:
+sizes and timings do not depend on the values), gives it one task per dataset of the paper's stream (their class
+counts) with distinct task states, writes the task pack, then measures, as medians over ``repeats`` switches in a
+round-robin over the tasks:
+
+* ``switch_ms``: load a task's state and head from the in-memory pack into the model, and materialise what the
+  next forward needs (RECAST regenerates its weights);
+* ``switch_from_file_ms``: the same, reading only that task's tensors from the pack file first;
+* ``first_forward_ms`` vs ``forward_ms``: one image right after a switch, and steady-state, at batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SIX_CLASSES = {"flowers102": 102, "aircraft": 100, "mit67": 67, "cifar100": 100, "cifar10": 10, "cub200": 200}
+
+
+def _median_ms(fn, repeats: int) -> float:  # noqa: ANN001
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def measure_method(name: str, backbone: str, repeats: int, workdir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+
+    from recast_bench.backbones import get_spec, num_features
+    from recast_bench.deploy.pack import pack_tensors, summary
+    from recast_bench.engine.build import build_method
+    from recast_bench.engine.checkpoint import load_tensors, save_tensors
+    from recast_bench.engine.method import RunContext, assign_state
+    from recast_bench.engine.model import TaskModel, head_key
+    from recast_bench.recast.layers import REPARAM_TYPES
+    from recast_bench.registry import load_all
+
+    load_all()
+    torch.manual_seed(0)
+    spec = get_spec(backbone)
+    backbone_module = spec.build()
+    model = TaskModel(backbone_module, num_features(backbone_module))
+    method = build_method(name, OmegaConf.create({}), spec.family)
+    method.ctx = RunContext(backbone_name=backbone, family=spec.family, cache_dir=str(workdir / "cache"), seed=0)
+    method.setup(model)
+    model.eval()
+    names = list(SIX_CLASSES)
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    g = torch.Generator().manual_seed(1)
+    for t, classes in enumerate(SIX_CLASSES.values()):
+        with torch.no_grad():
+            for p in method.task_parameters(model).values():  # a distinct state per task
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+        model.add_head(t, classes)
+        state = method.task_state(model)
+        state.update(
+            {f"heads.{head_key(t)}.{k}": v.detach().clone() for k, v in model.heads[head_key(t)].state_dict().items()}
+        )
+        states[t] = state
+    path = workdir / f"{name.replace('+', '_')}.safetensors"
+    total = save_tensors(path, pack_tensors(states, names), {"tasks": ",".join(names)})
+    sizes = summary(states, names, total)
+    packed = load_tensors(path)
+    reparam = [m for m in model.modules() if isinstance(m, REPARAM_TYPES)]
+
+    def switch(t: int, state: dict[str, torch.Tensor]) -> None:
+        head = f"heads.{head_key(t)}."
+        method.load_task_state(model, {k: v for k, v in state.items() if not k.startswith(head)})
+        assign_state(model, {k: v for k, v in state.items() if k.startswith(head)})
+        model.active_task = t
+        with torch.no_grad():
+            for m in reparam:  # RECAST: generate this task's weights now, not inside the next forward
+                m.weight  # noqa: B018
+
+    def from_memory(i: int) -> None:
+        t = i % len(names)
+        switch(t, {k.split("/", 1)[1]: v for k, v in packed.items() if k.startswith(names[t] + "/")})
+
+    def from_file(i: int) -> None:
+        t = i % len(names)
+        with safe_open(str(path), framework="pt") as f:
+            state = {k.split("/", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith(names[t] + "/")}  # noqa: SIM118
+        switch(t, state)
+
+    x = torch.randn(1, 3, spec.image_size, spec.image_size)
+
+    def forward(i: int) -> None:
+        with torch.no_grad():
+            model(x)
+
+    def switch_then_forward(i: int) -> None:
+        from_memory(i)
+        forward(i)
+
+    from_memory(0)
+    forward(0)  # warm-up
+    steady = _median_ms(forward, max(5, repeats // 5))
+    return {
+        "pack": sizes,
+        "state_bytes_per_task": max(s["state_bytes"] for s in sizes["per_task"].values()),
+        "state_numbers_per_task": max(
+            sum(v.numel() for k, v in st.items() if not k.startswith("heads.")) for st in states.values()
+        ),
+        "switch_ms": _median_ms(from_memory, repeats),
+        "switch_from_file_ms": _median_ms(from_file, repeats),
+        "first_forward_ms": _median_ms(switch_then_forward, max(5, repeats // 5)) - _median_ms(from_memory, 5),
+        "forward_ms": steady,
+    }
+
+
+def run_bench(backbone: str, methods: list[str], repeats: int, threads: int | None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    out: dict[str, Any] = {
+        "backbone": backbone,
+        "device": "cpu",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "tasks": SIX_CLASSES,
+        "methods": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in methods:
+            out["methods"][name] = measure_method(name, backbone, repeats, Path(tmp))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+
+    p = argparse.ArgumentParser(description="Task-pack size and task-switch time on one shared backbone (CPU).")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--backbone", default="vit_small", help="backbone (default: vit_small, random weights)")
+    p.add_argument("--methods", nargs="+", default=["recast", "melo", "lora"], help="methods to measure")
+    p.add_argument("--repeats", type=int, default=60, help="switches per figure (median)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    res = run_bench(args.backbone, args.methods, args.repeats, args.threads)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    for name, r in res["methods"].items():
+        print(f"{name:<10} state {r['state_bytes_per_task']:>8,} B/task ({r['state_numbers_per_task']} numbers), "
+              f"pack {r['pack']['file_bytes_per_task']:>10,.0f} B/task incl. head; switch {r['switch_ms']:.2f} ms, "
+              f"from file {r['switch_from_file_ms']:.2f} ms; forward {r['forward_ms']:.1f} ms, "
+              f"first after switch {r['first_forward_ms']:.1f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The export, pack and predict subcommands: thin wrappers over recast_bench.deploy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubParsersAction)
+    e = subparsers.add_parser(
+        "export",
+        help="export one task of a finished run for plain timm/torchvision (no recast-bench needed)",
+        description="Export one task of a finished run: adapters that fold exactly are merged into the backbone and "
+        "written with the task's head as a timm/torchvision state dict (model.safetensors); methods that add "
+        "computation (AdaptFormer, CLR, HAT) become a torch.export program (model.pt2). model.json and README.txt "
+        "say how to load it in five lines, with the class names and the preprocessing.",
+    )
+    e.add_argument("run", metavar="RUN", help="a finished run directory (holds results.json)")
+    e.add_argument("--task", required=True, help="the task to export, by name (see the run's results.json)")
+    e.add_argument("--out", required=True, help="output directory (refused if it exists, unless --force)")
+    e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.set_defaults(func=cmd_export)
+
+    k = subparsers.add_parser(
+        "pack",
+        help="write every task's own state and head of a run into one file",
+        description="Write a task pack: every task's own state (RECAST: its coefficients) and head in one "
+        "safetensors file, with the task and class names. Load it beside the run's shared backbone with "
+        "recast_bench.load_run(RUN, pack=FILE) and switch tasks by name.",
+    )
+    k.add_argument("run", metavar="RUN", help="a finished run directory (holds results.json)")
+    k.add_argument("--out", required=True, help="the pack file to write, e.g. tasks.safetensors")
+    k.add_argument("--force", action="store_true", help="replace an existing pack file")
+    k.set_defaults(func=cmd_pack)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="classify images with one task of a finished run: top-k class names and probabilities",
+        description="Classify images with one task of a finished run. Images are resized, cropped and normalised "
+        "as in evaluation; the top-k classes are printed with their probabilities, using the dataset's class names.",
+    )
+    p.add_argument("run", metavar="RUN", help="a finished run directory (holds results.json)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--task", required=True, help="the task whose head classifies the images, by name")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to print per image (default: 5)")
+    p.add_argument("--pack", default=None, help="take the task states from this task pack instead of RUN/tasks/")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_predict)
+
+
+def _quiet() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recast_bench.deploy import load_run
+    from recast_bench.deploy.export import check_out_dir, export_task
+
+    _quiet()
+    check_out_dir(Path(args.out), args.force)  # before the (slow) model rebuild
+    run = load_run(args.run)
+    meta = export_task(run, args.task, args.out, force=args.force)
+    what = meta.get("weights") or meta.get("program")
+    print(f"{args.out}/{what}: task {meta['task']} as {meta['format']} (checked: max logit difference "
+          f"{meta['check']['max_abs_logit_diff']:.2g}); load it as shown in {args.out}/README.txt")  # fmt: skip
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recast_bench.deploy import load_run
+    from recast_bench.deploy.pack import write_pack
+    from recast_bench.errors import UserError
+
+    _quiet()
+    if Path(args.out).exists() and not args.force:
+        raise UserError(f"{args.out} already exists; pass --force to overwrite it")
+    run = load_run(args.run)
+    info = write_pack(run, args.out, force=args.force)
+    print(
+        f"{args.out}: {info['tasks']} tasks, {info['file_bytes']:,} bytes ({info['file_bytes_per_task']:,.0f} per task)"
+    )
+    for name, sizes in info["per_task"].items():
+        print(f"  {name:<16} state {sizes['state_bytes']:>12,} B   head {sizes['head_bytes']:>12,} B")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from recast_bench.deploy import load_run
+
+    _quiet()
+    run = load_run(args.run, pack=args.pack)
+    run.task(args.task)  # an unknown task fails before any image is read
+    preds = run.predict(list(args.images), task=args.task, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{"image": img, "top": [{"class": c, "prob": p} for c, p in pred]}
+                          for img, pred in zip(args.images, preds)], indent=2))  # fmt: skip
+        return 0
+    for img, pred in zip(args.images, preds):
+        print(img)
+        for c, prob in pred:
+            print(f"  {prob:7.2%}  {c}")
+    sys.stdout.flush()
+    return 0
