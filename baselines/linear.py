@@ -15,3 +15,4 @@ class Linear(Method):
 
     name = "linear"
     Config = MethodConfig
+    frozen_backbone_features = True

@@ -11,7 +11,7 @@ import torch
 
 from recast_bench.config import compose_config
 from recast_bench.data import build_stream
-from recast_bench.data.bench import measure_throughput
+from recast_bench.data.bench import cache_size_table, measure_throughput
 from recast_bench.data.cache import cache_paths, cached_images
 from recast_bench.data.images import CachedImages
 from recast_bench.data.sources import load_source
@@ -62,26 +62,37 @@ def test_cached_equals_uncached(six_root, tmp_path):
 
 def test_cache_key_depends_on_size_and_file_list(six_root, tmp_path):
     rec = load_source("cub200", six_root).splits["train"]
-    p32, _ = cache_paths(tmp_path, "cub200", "train", 32, rec)
-    p48, _ = cache_paths(tmp_path, "cub200", "train", 48, rec)
+    p37, _ = cache_paths(tmp_path, "cub200", "train", 37, 32, rec)
+    p55, _ = cache_paths(tmp_path, "cub200", "train", 55, 48, rec)
+    p37_other_crop, _ = cache_paths(tmp_path, "cub200", "train", 37, 33, rec)  # the square's offset follows the model
     rec.files = rec.files[::-1]
     rec.labels = rec.labels[::-1].copy()
-    p32_reordered, _ = cache_paths(tmp_path, "cub200", "train", 32, rec)
-    assert len({p32, p48, p32_reordered}) == 3
-    ds = cached_images(rec, "cub200", "train", 48, tmp_path)
-    assert np.load(ds.path, mmap_mode="r").shape == (len(rec), 48, 48, 3)
-    meta = json.loads(cache_paths(tmp_path, "cub200", "train", 48, rec)[1].read_text())
-    assert meta["labels"] == rec.labels.tolist() and meta["size"] == 48 and meta["version"] == 1
+    p37_reordered, _ = cache_paths(tmp_path, "cub200", "train", 37, 32, rec)
+    assert len({p37, p55, p37_other_crop, p37_reordered}) == 4
+    ds = cached_images(rec, "cub200", "train", 55, 48, tmp_path)
+    assert np.load(ds.path, mmap_mode="r").shape == (len(rec), 55, 55, 3)
+    meta = json.loads(cache_paths(tmp_path, "cub200", "train", 55, 48, rec)[1].read_text())
+    assert meta["labels"] == rec.labels.tolist() and (meta["side"], meta["size"]) == (55, 48) and meta["version"] == 2
+
+
+def test_cifar_cache_is_native_32px_whatever_the_model_size(six_root, tmp_path):
+    rec = load_source("cifar10", six_root).splits["train"]
+    a, _ = cache_paths(tmp_path, "cifar10", "train", 32, 224, rec)
+    b, _ = cache_paths(tmp_path, "cifar10", "train", 32, 384, rec)
+    assert a == b and a.name.startswith("cifar10-train-32px-")
+    (t,) = build_stream(stream_cfg(six_root, "++stream.tasks=[cifar10]"), 224, str(tmp_path))
+    assert t.train.parts[0].array.shape == (15, 32, 32, 3) and t.batch_transform.source == 32
+    assert t.train[0][0].shape == (3, 224, 224)  # the float CPU path still gives model-sized images
 
 
 def test_stale_or_broken_sidecar_rebuilds(six_root, tmp_path):
     rec = load_source("mit67", six_root).splits["test"]
-    ds = cached_images(rec, "mit67", "test", 32, tmp_path)
-    npy, meta = cache_paths(tmp_path, "mit67", "test", 32, rec)
+    ds = cached_images(rec, "mit67", "test", 37, 32, tmp_path)
+    npy, meta = cache_paths(tmp_path, "mit67", "test", 37, 32, rec)
     good = np.load(npy).copy()
     np.save(npy, np.zeros_like(good))  # tampered array, valid shape: the sidecar still matches -> trusted
     meta.write_text("{not json")  # ... but a broken sidecar forces a rebuild
-    ds = cached_images(rec, "mit67", "test", 32, tmp_path)
+    ds = cached_images(rec, "mit67", "test", 37, 32, tmp_path)
     assert np.array_equal(np.load(ds.path), good)
 
 
@@ -92,8 +103,8 @@ def test_failed_build_leaves_no_file(six_root, tmp_path):
     bad.write_bytes(b"not a jpeg")
     rec.files[1] = str(bad)  # an absolute path wins in os.path.join
     with pytest.raises(UserError, match="cannot decode .*x.jpg"):
-        cached_images(rec, "cub200", "test", 32, tmp_path)
-    assert list((tmp_path / "images").iterdir()) == []
+        cached_images(rec, "cub200", "test", 37, 32, tmp_path)
+    assert list((tmp_path / "images").iterdir()) == []  # no array, sidecar, temporary or lock file left
 
 
 def test_measure_throughput_reports_both_paths(six_root):
@@ -102,5 +113,18 @@ def test_measure_throughput_reports_both_paths(six_root):
         out["images"] == 4
         and out["uncached_img_s"] > 0
         and out["cached_img_s"] > 0
-        and out["cache_bytes"] == 4 * 32 * 32 * 3 + 128
+        and out["cache_bytes"] == 4 * 37 * 37 * 3 + 128  # squares at the resize target, 37 px for 32
+        and out["float_cpu_img_s"] > 0
+        and out["uint8_device_img_s"] > 0
+        and out["uint8_over_float"] == round(out["uint8_device_img_s"] / out["float_cpu_img_s"], 2)
     )
+
+
+def test_cache_size_table_from_official_counts():
+    t = cache_size_table(224)
+    rows = {r["dataset"]: r for r in t["datasets"]}
+    assert rows["cifar10"]["side"] == rows["cifar100"]["side"] == 32 and rows["cub200"]["side"] == 256
+    assert rows["cifar10"]["bytes"] == 60000 * 32 * 32 * 3 and rows["flowers102"]["images"] == 1020 + 1020 + 6149
+    assert t["total_bytes"] == sum(r["bytes"] for r in t["datasets"]) and t["meets_target"]
+    assert t["old_layout_gib"] > 20  # every image as a 224 px crop, CIFAR upsampled
+    assert cache_size_table(224, "pooled")["total_bytes"] > t["total_bytes"]  # MIT67's whole pool

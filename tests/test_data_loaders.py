@@ -11,7 +11,6 @@ from fixtures.datasets import write_six
 
 from recast_bench.data.images import DecodedImages
 from recast_bench.data.sources import PAPER_ORDER, SPECS, load_source
-from recast_bench.data.transforms import preprocess
 from recast_bench.errors import UserError
 
 # The fixture's class colours (tests/fixtures/datasets.py::_image): the mean colour of an image names its class.
@@ -27,10 +26,12 @@ def test_loader_counts_and_labels_match_the_files(six_data, name):
         if split in counts[name]:
             assert len(src.splits[split]) == counts[name][split], split
     assert set(src.splits) == {s for s in ("train", "val", "test") if s in counts[name]}
+    if name != "flowers102":  # torchvision's 102 Flowers names do not fit the 3-class fixture
+        assert len(src.class_names) == src.num_classes and all(isinstance(c, str) and c for c in src.class_names)
     if name == "mit67":  # pooled uses every image under Images/, not only the listed ones
         assert len(src.pool) == counts[name]["pool"]
     for split, rec in src.splits.items():
-        imgs = DecodedImages(rec, 16)
+        imgs = DecodedImages(rec, 16, 16)
         means = np.stack([imgs.image(i).double().mean(dim=(1, 2)).numpy() for i in range(len(rec))])
         nearest = np.argmin(((means[:, None, :] - COLOURS[None]) ** 2).sum(-1), axis=1)
         np.testing.assert_array_equal(nearest, rec.labels, err_msg=f"{name}/{split}: labels do not match images")
@@ -39,10 +40,11 @@ def test_loader_counts_and_labels_match_the_files(six_data, name):
 def test_cifar_rows_are_the_pickled_pixels(six_root):
     rec = load_source("cifar10", six_root).splits["train"]
     assert rec.arrays.shape == (15, 32, 32, 3) and rec.arrays.dtype == np.uint8
-    # preprocess at 32 resizes to 37 and crops back to 32: the same as torchvision's ops on the raw array
-    x = DecodedImages(rec, 32).image(0)
-    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
-    assert torch.equal(x, preprocess(rec.arrays[0], 32))
+    # stored at the native 32 px for any model size (the device resizes): the pickled pixels themselves
+    for size in (32, 224):
+        x = DecodedImages(rec, 32, size).image(0)
+        assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+        assert torch.equal(x, torch.from_numpy(rec.arrays[0]).permute(2, 0, 1))
 
 
 @pytest.mark.parametrize("name", PAPER_ORDER)

@@ -113,14 +113,15 @@ def test_bad_split_settings_are_user_errors(six_root, override):
 
 def test_train_flips_eval_does_not_and_both_normalise(six_root):
     (t,) = build_stream(stream_cfg(six_root, "++stream.tasks=[cub200]"), 32, None)
-    raw = t.train.raw(0).float() / 255
+    assert t.train.raw(0).shape == (3, 37, 37)  # stored at the resize target; the 32 px crop is the transform's
+    raw = t.train.raw(0)[:, 2:34, 2:34].float() / 255  # torchvision's center-crop offset: round(2.5) = 2
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     plain, flipped = (raw - mean) / std, ((raw - mean) / std).flip(-1)
     torch.manual_seed(0)
     outs = [t.train[0][0] for _ in range(20)]
     assert any(torch.allclose(o, plain, atol=1e-5) for o in outs)
     assert any(torch.allclose(o, flipped, atol=1e-5) for o in outs)
-    test_raw = t.test.raw(0).float() / 255
+    test_raw = t.test.raw(0)[:, 2:34, 2:34].float() / 255
     assert all(torch.allclose(t.test[0][0], (test_raw - mean) / std, atol=1e-5) for _ in range(5))
 
 

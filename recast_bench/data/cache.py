@@ -1,11 +1,16 @@
-"""Preprocessed image cache: each source part decoded and resized ONCE into a uint8 ``[N, S, S, 3]`` ``.npy``.
+"""Preprocessed image cache: each source part decoded and resized ONCE into a uint8 ``[N, side, side, 3]`` ``.npy``.
 
 The paper pickles its preprocessed datasets (section 4) for the same reason: JPEG decoding dominates an epoch of a
-frozen-backbone method. Here the array is opened with ``np.load(mmap_mode="r")``, so random access costs a page
-read, and a JSON sidecar records what the array holds. The key hashes the dataset, the part, the image size, the
-file list and labels (for CIFAR: the pixel arrays), and a format version; anything else gives a new file. Arrays and
-sidecars are written to a temporary name and renamed, so a crash or a concurrent writer never leaves a half file
-under the final name (the sidecar is written last and marks completion).
+frozen-backbone method. Each part is stored at its native side when that is smaller than the resize target (CIFAR
+at 32 px) and at the resize target otherwise (256 px squares for a 224 px model); the rest of the pipeline runs per
+batch on the device. The array is opened with ``np.load(mmap_mode="r")``, so random access costs a page read, and a
+JSON sidecar records what the array holds. The key hashes the dataset, the part, the stored side and crop, the
+file list and labels (for CIFAR: the pixel arrays), and a format version; anything else gives a new file.
+
+Arrays and sidecars are written to a temporary name (host, pid, random suffix) and renamed, so a crash never leaves
+a half file under the final name (the sidecar is written last and marks completion). Concurrent builders of one
+entry, on one node or many, coordinate through a heartbeat lock (:mod:`recast_bench.data.buildlock`): one builds,
+the others wait and then read its file.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recast_bench.data.images import CachedImages, DecodedImages
+from recast_bench.data.buildlock import BuildLock, temp_name
+from recast_bench.data.images import CachedImages, DecodedImages, native_side
 from recast_bench.data.sources import Records
 from recast_bench.engine.checkpoint import write_json
 from recast_bench.errors import UserError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: squares at native or resize-target side, finished on the device (1: crops at the model's size)."""
 
 
 def records_hash(records: Records) -> str:
@@ -38,11 +45,18 @@ def records_hash(records: Records) -> str:
     return h.hexdigest()
 
 
+def geometry_tag(records: Records, side: int, size: int) -> str:
+    """What fixes the stored pixels: the side, plus the model size when the square is cut out of a larger image."""
+    return f"{side}" if native_side(records) == side else f"{side}c{size}"
+
+
 def cache_paths(
-    cache_dir: str | os.PathLike, dataset: str, part: str, size: int, records: Records
+    cache_dir: str | os.PathLike, dataset: str, part: str, side: int, size: int, records: Records
 ) -> tuple[Path, Path]:
-    key = hashlib.sha256(f"v{CACHE_VERSION}|{dataset}|{part}|{size}|{records_hash(records)}".encode()).hexdigest()
-    stem = Path(cache_dir) / "images" / f"{dataset}-{part}-{size}px-{key[:16]}"
+    """The array and sidecar of one part stored at ``side`` for a ``size`` px model."""
+    tag = geometry_tag(records, side, size)
+    key = hashlib.sha256(f"v{CACHE_VERSION}|{dataset}|{part}|{tag}|{records_hash(records)}".encode()).hexdigest()
+    stem = Path(cache_dir) / "images" / f"{dataset}-{part}-{side}px-{key[:16]}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
@@ -63,15 +77,22 @@ def _valid(npy: Path, meta: Path, records: Records, size: int) -> bool:
 
 
 def build_cache(
-    records: Records, npy: Path, meta: Path, size: int, info: dict, workers: int | None = None, chunk: int = 256
+    records: Records,
+    npy: Path,
+    meta: Path,
+    side: int,
+    size: int,
+    info: dict,
+    workers: int | None = None,
+    chunk: int = 256,
 ) -> None:
     """Decode + resize every image of ``records`` into ``npy`` (threads: PIL releases the GIL while decoding)."""
     npy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
-    src = DecodedImages(records, size)
+    tmp = temp_name(npy)
+    src = DecodedImages(records, side, size)
     workers = workers or min(8, os.cpu_count() or 1)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), side, side, 3))
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(records), chunk):
                 rows = range(start, min(start + chunk, len(records)))
@@ -82,7 +103,9 @@ def build_cache(
         os.replace(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
-    write_json(meta, indent=None, obj={**info, "version": CACHE_VERSION, "n": len(records), "labels": records.labels.tolist()})
+    write_json(
+        meta, indent=None, obj={**info, "version": CACHE_VERSION, "n": len(records), "labels": records.labels.tolist()}
+    )
 
 
 def _decode_row(src: DecodedImages):  # noqa: ANN202
@@ -95,12 +118,18 @@ def _decode_row(src: DecodedImages):  # noqa: ANN202
     return decode
 
 
-def cached_images(records: Records, dataset: str, part: str, size: int, cache_dir: str | os.PathLike) -> CachedImages:
-    """Open the cache of one part, building it first when absent or stale."""
-    npy, meta = cache_paths(cache_dir, dataset, part, size, records)
-    if not _valid(npy, meta, records, size):
-        info = {"dataset": dataset, "part": part, "size": size, "records_hash": records_hash(records)}
-        build_cache(records, npy, meta, size, info)
+def cached_images(
+    records: Records, dataset: str, part: str, side: int, size: int, cache_dir: str | os.PathLike
+) -> CachedImages:
+    """Open the cache of one part, building it first when absent or stale (one builder at a time, any node)."""
+    npy, meta = cache_paths(cache_dir, dataset, part, side, size, records)
+
+    def build() -> None:
+        info = {"dataset": dataset, "part": part, "side": side, "size": size, "records_hash": records_hash(records)}
+        build_cache(records, npy, meta, side, size, info)
+
+    if not _valid(npy, meta, records, side):
+        BuildLock(npy.with_name(npy.name + ".lock")).run(lambda: _valid(npy, meta, records, side), build)
     return CachedImages(str(npy), records.labels)
 
 
@@ -113,5 +142,5 @@ def cached_json(path: Path, compute) -> dict:  # noqa: ANN001 (callable returnin
             pass
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, value, indent=None)
+    write_json(path, value, indent=None)  # atomic; two concurrent computations write equal values
     return value

@@ -1,8 +1,9 @@
 """Datasets over one source part (decoded on access, or read from the uint8 cache) and a task split's view.
 
-Both image sources return the same uint8 ``[3, S, S]`` tensor for the same row (decode + resize + center crop,
-:func:`recast_bench.data.transforms.preprocess`); :class:`SplitView` picks rows from several parts and applies the
-per-sample transform (flip, normalise).
+Both image sources return the same uint8 ``[3, side, side]`` square for the same row
+(:func:`recast_bench.data.transforms.to_square`); :class:`SplitView` picks rows from several parts and, on the float
+CPU path, applies the per-sample transform. Without a transform it yields the uint8 squares, which the engine
+finishes on the device (:mod:`recast_bench.data.device_transforms`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,30 @@ import torch
 from torch.utils.data import Dataset
 
 from recast_bench.data.sources import Records
-from recast_bench.data.transforms import load_image, preprocess
+from recast_bench.data.transforms import cache_side, load_square, to_square
+
+
+def native_side(records: Records) -> int | None:
+    """The side of square in-memory images (CIFAR: 32); ``None`` for files or non-square arrays."""
+    if records.arrays is not None and records.arrays.shape[1] == records.arrays.shape[2]:
+        return int(records.arrays.shape[1])
+    return None
+
+
+def part_side(records: Records, size: int) -> int:
+    """The side a part is stored at for a ``size`` px model (:func:`recast_bench.data.transforms.cache_side`)."""
+    return cache_side(size, native_side(records))
 
 
 class DecodedImages(Dataset):
-    """Uncached: decode and resize on every access."""
+    """Uncached: decode and resize to the stored square on every access.
 
-    def __init__(self, records: Records, size: int) -> None:
-        self.records, self.size = records, size
+    Args:
+        side: the square's side (:func:`part_side`); ``size``: the model's input side (fixes the crop offset).
+    """
+
+    def __init__(self, records: Records, side: int, size: int) -> None:
+        self.records, self.side, self.size = records, side, size
         self.labels = records.labels
 
     def __len__(self) -> int:
@@ -27,8 +44,9 @@ class DecodedImages(Dataset):
 
     def image(self, i: int) -> torch.Tensor:
         if self.records.arrays is not None:
-            return preprocess(self.records.arrays[i], self.size)
-        return load_image(self.records.path(i), self.size)
+            x = torch.from_numpy(np.ascontiguousarray(self.records.arrays[i])).permute(2, 0, 1)
+            return to_square(x, self.side, self.size)
+        return load_square(self.records.path(i), self.side, self.size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.image(i), int(self.labels[i])
@@ -76,6 +94,10 @@ class SplitView(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def with_transform(self, transform) -> SplitView:  # noqa: ANN001
+        """The same rows with another per-sample transform (``None``: the uint8 squares, for the device path)."""
+        return SplitView(self.parts, self.index, transform)
 
     def raw(self, i: int) -> torch.Tensor:
         """The uint8 image before the per-sample transform."""

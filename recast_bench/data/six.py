@@ -15,22 +15,26 @@ import numpy as np
 import torch
 
 from recast_bench.data.cache import cached_images, cached_json
-from recast_bench.data.images import DecodedImages, SplitView
+from recast_bench.data.device_transforms import BatchTransform, CpuTransform
+from recast_bench.data.images import DecodedImages, SplitView, part_side
 from recast_bench.data.sources import PAPER_ORDER, load_source
 from recast_bench.data.splits import dataset_seed, plan_splits
 from recast_bench.data.stream import Task
-from recast_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats, sample_transform
+from recast_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 from recast_bench.errors import UserError
 from recast_bench.registry import STREAMS
 
 
-def _stats(view: SplitView, dataset: str, size: int, cache_dir: str | None, batch: int = 256) -> tuple[list, list]:
-    """Per-channel mean/std of the train split at ``size`` (cached as JSON; key: dataset, size, train rows)."""
+def _stats(
+    view: SplitView, geometry: BatchTransform, dataset: str, size: int, cache_dir: str | None, batch: int = 256
+) -> tuple[list, list]:
+    """Per-channel mean/std of the train split's model inputs at ``size`` before normalisation (cached as JSON;
+    key: dataset, size, train rows)."""
 
     def compute() -> dict:
         def batches():  # noqa: ANN202
             for s in range(0, len(view), batch):
-                yield torch.stack([view.raw(i) for i in range(s, min(s + batch, len(view)))])
+                yield geometry.geometry(torch.stack([view.raw(i) for i in range(s, min(s + batch, len(view)))]))
 
         mean, std = channel_stats(batches())
         return {"mean": list(mean), "std": list(std)}
@@ -39,7 +43,7 @@ def _stats(view: SplitView, dataset: str, size: int, cache_dir: str | None, batc
         out = compute()
     else:
         key = hashlib.sha256(view.index.tobytes() + view.labels.tobytes()).hexdigest()[:16]
-        out = cached_json(Path(cache_dir) / "stats" / f"{dataset}-train-{size}px-{key}.json", compute)
+        out = cached_json(Path(cache_dir) / "stats" / f"{dataset}-train-{size}px-v2-{key}.json", compute)
     return out["mean"], out["std"]
 
 
@@ -48,25 +52,30 @@ def build_task(name: str, cfg, image_size: int, cache_dir: str | None) -> Task: 
     src = load_source(name, cfg.root)
     part_names, index = plan_splits(src, cfg.split, cfg.val_fraction, list(cfg.pooled_fractions), cfg.seed)
     use_cache = bool(cfg.cache) and cache_dir is not None
-    parts = []
-    for p in part_names:
-        rec = src.pool if p == "pool" else src.splits[p]
-        parts.append(
-            cached_images(rec, name, p, image_size, cache_dir) if use_cache else DecodedImages(rec, image_size)
-        )
+    records = [src.pool if p == "pool" else src.splits[p] for p in part_names]
+    side = min(part_side(rec, image_size) for rec in records)  # one side per task, so batches stack
+    parts = [
+        cached_images(rec, name, p, side, image_size, cache_dir) if use_cache else DecodedImages(rec, side, image_size)
+        for p, rec in zip(part_names, records)
+    ]
     if cfg.normalization == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif cfg.normalization == "dataset":
-        mean, std = _stats(SplitView(parts, index["train"]), name, image_size, cache_dir if use_cache else None)
+        geometry = BatchTransform(image_size, side, (0.0,) * 3, (1.0,) * 3)
+        stats_dir = cache_dir if use_cache else None
+        mean, std = _stats(SplitView(parts, index["train"]), geometry, name, image_size, stats_dir)
     else:
         raise UserError(f"stream.normalization must be 'imagenet' or 'dataset', got {cfg.normalization!r}")
-    train_tf, eval_tf = sample_transform(True, mean, std), sample_transform(False, mean, std)
+    bt = BatchTransform(image_size, side, tuple(mean), tuple(std))
+    train_tf, eval_tf = CpuTransform(bt, train=True), CpuTransform(bt, train=False)
     return Task(
         name=name,
         num_classes=src.num_classes,
         train=SplitView(parts, index["train"], train_tf),
         val=SplitView(parts, index["val"], eval_tf),
         test=SplitView(parts, index["test"], eval_tf),
+        batch_transform=bt,
+        class_names=src.class_names,
     )
 
 

@@ -46,6 +46,8 @@ class SourceData:
     splits: dict[str, Records]
     pool: Records | None = None
     """All images of the dataset when the official lists cover only part of them (MIT67); ``pooled`` uses it."""
+    class_names: list[str] | None = None
+    """Readable class names in label order (for reports and demos), where the dataset ships them."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def _load_cifar(name: str, cls: type, root: Path) -> SourceData:
         except Exception as e:  # a truncated or foreign pickle
             raise _fail(name, root, f"is unreadable ({type(e).__name__})") from None
         splits[split] = Records(labels=np.asarray(ds.targets, dtype=np.int64), arrays=ds.data)
-    return SourceData(name, len(ds.classes), splits)
+    return SourceData(name, len(ds.classes), splits, class_names=[str(c) for c in ds.classes])
 
 
 # --- Flowers102 (torchvision; jpg/ + imagelabels.mat + setid.mat) ----------------------------------------------
@@ -168,7 +170,8 @@ def _load_flowers(root: Path) -> SourceData:
         _check_files("flowers102", root, rec, "setid.mat")
         splits[split] = rec
     n = 1 + max(int(r.labels.max()) for r in splits.values() if len(r))
-    return SourceData("flowers102", n, splits)
+    names = list(getattr(Flowers102, "classes", []))[:n]
+    return SourceData("flowers102", n, splits, class_names=names if len(names) == n else None)
 
 
 # --- FGVC-Aircraft 2013b (torchvision; data/images_variant_*.txt, variants.txt, images/) -----------------------
@@ -193,7 +196,7 @@ def _load_aircraft(root: Path) -> SourceData:
         rec = Records(np.asarray([y for _, y in items], np.int64), [os.path.relpath(p, base) for p, _ in items], base)
         _check_files("aircraft", root, rec, f"images_variant_{split}.txt")
         splits[split] = rec
-    return SourceData("aircraft", len(ds.classes), splits)
+    return SourceData("aircraft", len(ds.classes), splits, class_names=list(ds.classes))
 
 
 # --- MIT Indoor 67 (ours; Images/<class>/*.jpg, TrainImages.txt, TestImages.txt) -------------------------------
@@ -223,7 +226,7 @@ def _load_mit67(root: Path) -> SourceData:
         f"{c}/{p.name}" for c in classes for p in (images / c).iterdir() if p.suffix.lower() in {".jpg", ".jpeg"}
     )
     pool = Records(np.asarray([index[p.split("/")[0]] for p in pool_files], np.int64), pool_files, str(images))
-    return SourceData("mit67", len(classes), splits, pool=pool)
+    return SourceData("mit67", len(classes), splits, pool=pool, class_names=classes)
 
 
 # --- CUB-200-2011 (ours; images.txt, image_class_labels.txt, train_test_split.txt, images/) --------------------
@@ -258,7 +261,14 @@ def _load_cub(root: Path) -> SourceData:
         rec = Records(y[mask], [files[i] for i, m in zip(ids, mask) if m], str(base / "images"))
         _check_files("cub200", root, rec, "images.txt")
         splits[split] = rec
-    return SourceData("cub200", int(y.max()) + 1, splits)
+    n = int(y.max()) + 1
+    return SourceData("cub200", n, splits, class_names=_cub_names(files, y, ids, n))
+
+
+def _cub_names(files: dict[int, str], y: np.ndarray, ids: list[int], n: int) -> list[str]:
+    """``001.Black_footed_Albatross`` -> ``Black footed Albatross``, from each class's image folder."""
+    folder = {int(label): files[i].split("/")[0] for i, label in zip(ids, y)}
+    return [folder.get(c, str(c)).split(".", 1)[-1].replace("_", " ") for c in range(n)]
 
 
 def _tv_download(cls: type, **kw) -> Callable[[Path], None]:  # noqa: ANN003

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -11,19 +12,47 @@ from torch.utils.data import Dataset, Subset
 from recast_bench.errors import UserError
 from recast_bench.registry import STREAMS
 
+if TYPE_CHECKING:
+    from recast_bench.data.device_transforms import BatchTransform
+
+SPLITS = ("train", "val", "test")
+
 
 @dataclass
 class Task:
-    """One task of the stream. Datasets yield ``(image_tensor[3,H,W], label)`` with labels in ``[0, num_classes)``."""
+    """One task of the stream. Datasets yield ``(image_tensor[3,H,W], label)`` with labels in ``[0, num_classes)``.
+
+    ``train``/``val``/``test`` yield model-ready float images (the CPU path: Avalanche, data-driven method init).
+    When ``batch_transform`` is set, :meth:`uint8` gives the same rows as uint8 squares that the engine finishes on
+    its device with ``batch_transform`` (the fast path); when it is ``None`` the datasets are already model-ready
+    (synthetic tensors) and :meth:`uint8` returns them unchanged.
+    """
 
     name: str
     num_classes: int
     train: Dataset
     val: Dataset
     test: Dataset
+    batch_transform: BatchTransform | None = None
+    class_names: list[str] | None = None
+    """Human-readable class names in label order, where the dataset has them."""
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}  # type: ignore[arg-type]
+
+    def uint8(self, split: str) -> Dataset:
+        """Split ``split`` for the device path: uint8 squares when ``batch_transform`` is set."""
+        ds = getattr(self, split)
+        return ds if self.batch_transform is None else _untransformed(ds)
+
+
+def _untransformed(ds: Dataset) -> Dataset:
+    if isinstance(ds, Subset):
+        return Subset(_untransformed(ds.dataset), ds.indices)
+    with_transform = getattr(ds, "with_transform", None)
+    if with_transform is None:
+        raise TypeError(f"{type(ds).__name__} has no uint8 view; set Task.batch_transform=None for it")
+    return with_transform(None)
 
 
 StreamBuilder = Callable[..., list[Task]]
@@ -60,12 +89,11 @@ def build_stream(cfg, image_size: int, cache_dir: str | None = None) -> list[Tas
     tasks = select_tasks(tasks, list(cfg.tasks) if cfg.tasks else None)
     out = []
     for i, t in enumerate(tasks):
-        t = Task(
-            t.name,
-            t.num_classes,
-            limit(t.train, cfg.max_train_per_task, cfg.seed + i),
-            limit(t.val, cfg.max_eval_per_task, cfg.seed + i),
-            limit(t.test, cfg.max_eval_per_task, cfg.seed + i),
+        t = replace(
+            t,
+            train=limit(t.train, cfg.max_train_per_task, cfg.seed + i),
+            val=limit(t.val, cfg.max_eval_per_task, cfg.seed + i),
+            test=limit(t.test, cfg.max_eval_per_task, cfg.seed + i),
         )
         for split, n in t.sizes().items():
             if n == 0:

@@ -48,6 +48,7 @@ def synthetic_task(name: str, num_classes: int, size: int, seed: int, cfg) -> Ta
         train=make_split(protos, cfg.train_per_class, cfg.noise, g),
         val=make_split(protos, cfg.val_per_class, cfg.noise, g),
         test=make_split(protos, cfg.test_per_class, cfg.noise, g),
+        class_names=[f"{name}-class{c}" for c in range(num_classes)],
     )
 
 
