@@ -45,9 +45,14 @@ def demo(out: str = "runs/demo", backbone: str = "vit_tiny", methods: tuple[str,
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="pretrain a tiny ViT and run several methods on the synthetic stream (offline)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--backbone", default="vit_tiny")
-    p.add_argument("--methods", nargs="*", default=list(DEMO_METHODS))
-    p.add_argument("--data-dir", default="data")
+    p = sub.add_parser(
+        "demo",
+        help="pretrain a tiny ViT and run several methods on the synthetic stream (offline)",
+        description="The offline demo: pretrain a tiny backbone, run several methods on the synthetic stream and "
+        "print a comparison table. Needs no datasets, weights or network.",
+    )
+    p.add_argument("--out", default="runs/demo", help="where the runs go (default: runs/demo)")
+    p.add_argument("--backbone", default="vit_tiny", help="vit_tiny or resnet_tiny (default: vit_tiny)")
+    p.add_argument("--methods", nargs="*", default=list(DEMO_METHODS), help="methods to run (default: %(default)s)")
+    p.add_argument("--data-dir", default="data", help="data root for the pretrained tiny weights (default: data)")
     p.set_defaults(func=lambda a: demo(a.out, a.backbone, tuple(a.methods), a.data_dir) and 0)

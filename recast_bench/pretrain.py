@@ -80,9 +80,14 @@ def pretrain(backbone: str, weights_dir: str | Path = "data/weights", recipe: Pr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pretrain a tiny backbone on synthetic data (demo, tests)")
-    p.add_argument("--backbone", default="vit_tiny")
-    p.add_argument("--weights-dir", default="data/weights")
-    p.add_argument("--epochs", type=int, default=PretrainRecipe.epochs)
-    p.add_argument("--force", action="store_true")
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a tiny backbone on synthetic data (demo, tests)",
+        description="Pretrain vit_tiny or resnet_tiny on synthetic classes disjoint from the demo stream, and save "
+        "the weights where runs look for them.",
+    )
+    p.add_argument("--backbone", default="vit_tiny", help="vit_tiny or resnet_tiny (default: vit_tiny)")
+    p.add_argument("--weights-dir", default="data/weights", help="where to save the weights (default: data/weights)")
+    p.add_argument("--epochs", type=int, default=PretrainRecipe.epochs, help="pretraining epochs")
+    p.add_argument("--force", action="store_true", help="pretrain again even if the weights file exists")
     p.set_defaults(func=lambda a: print(pretrain(a.backbone, a.weights_dir, PretrainRecipe(epochs=a.epochs), a.force)))

@@ -21,8 +21,8 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private subparse
     p.add_argument("--out", required=True, help="report directory (tables/, figures/, README.md)")
     p.add_argument("--allow-incomplete", action="store_true", help="also use runs that stopped before the last task")
     p.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B 'report' run")
-    p.add_argument("--wandb-project", default="recast-bench")
-    p.add_argument("--wandb-entity", default=None)
+    p.add_argument("--wandb-project", default="recast-bench", help="W&B project (default: recast-bench)")
+    p.add_argument("--wandb-entity", default=None, help="W&B team or user (default: your default entity)")
     p.add_argument("--quiet", action="store_true", help="do not print the main tables")
     p.set_defaults(func=handler)
 
@@ -40,7 +40,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.wandb:
         from recast_bench.report.wandb_push import push
 
-        run_dir = push(rep, project=args.wandb_project, entity=args.wandb_entity)
+        run_dir = push(rep, project=args.wandb_project, entity=args.wandb_entity, runs=inp.runs)
         print(f"W&B report run: {run_dir} (offline runs upload with: wandb sync {run_dir})", file=sys.stderr)
     print(
         f"report: {len(rep.tables)} tables, {len(rep.figures)} figures in {rep.out} "
