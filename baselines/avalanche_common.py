@@ -8,6 +8,13 @@
   GDumb) be concatenated, and DER's stored logits have one shape.
 * Accuracy is the engine's: ``recast_bench.engine.evaluate.accuracy`` on the task's test split through a view that
   returns the task's own head, i.e. the logits of its classes only (task-IL).
+* Execution (issue 13): the run's device with its index, its loader workers, pinning and persistent workers
+  (``strategy.train`` passes them to avalanche's loaders; ER-ACE's replay loader, which avalanche builds without
+  workers, is rebuilt with them in ``avalanche_strategies.py``), bf16 autocast through :class:`AutocastPlugin`
+  (avalanche 0.6 has no mixed precision of its own and no loss scaler, so ``16-mixed`` is refused), TF32 and
+  determinism as the profile sets them. Not honoured: ``trainer.grad_clip`` (avalanche has no clipping hook
+  before its optimizer step), ``devices>1``/DDP (refused), and DER's logit pass after each experience and GDumb's
+  buffer run in fp32 (outside the forward hooks).
 * Resume: the whole strategy state (network, heads, regulariser state, replay buffers as sample ids + weights +
   logits) goes to safetensors, with the rest as JSON in its metadata; nothing is pickled.
 """
@@ -25,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from avalanche.benchmarks import nc_benchmark
+from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from avalanche.models.dynamic_modules import avalanche_model_adaptation
 from avalanche.training.plugins import EvaluationPlugin
@@ -34,6 +42,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
+from recast_bench.engine.device import apply_profile, autocast_dtype
 from recast_bench.engine.evaluate import accuracy
 from recast_bench.engine.learner import make_loader
 from recast_bench.engine.module import lr_step_size
@@ -119,12 +128,13 @@ class MultiHeadNet(MultiTaskModule):
         self.max_class_label = total_classes
 
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
-        return self.classifier.forward_single_task(self.backbone(x), task_label)
+        # fp32 logits: avalanche writes mixed-task outputs into an fp32 tensor, which refuses bf16 under autocast.
+        return self.classifier.forward_single_task(self.backbone(x), task_label).float()
 
     def forward_all_tasks(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         # LwF asks every head for every sample: compute the features once, not once per head.
         feats = self.backbone(x)
-        return {t: self.classifier.forward_single_task(feats, t) for t in self.known_train_tasks_labels}
+        return {t: self.classifier.forward_single_task(feats, t).float() for t in self.known_train_tasks_labels}
 
 
 class TaskView(nn.Module):
@@ -146,6 +156,53 @@ def quiet_evaluator() -> EvaluationPlugin:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return EvaluationPlugin(loggers=[])
+
+
+class AutocastPlugin(SupervisedPlugin):
+    """Mixed precision for avalanche's training step: autocast from before the forward pass (the replay forward of
+    ER-ACE included) through the loss and the plugins' extra losses, off again before the backward pass. Appended
+    last, so the regularisers' own forwards (LwF's teacher) run under it too. bf16 only: it needs no loss scaler.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.device_type, self.dtype = torch.device(device).type, dtype
+        self._ctx: torch.autocast | None = None
+
+    def before_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._exit()
+        self._ctx = torch.autocast(self.device_type, dtype=self.dtype)
+        self._ctx.__enter__()
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._exit()
+
+    def after_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        self._exit()  # never leave autocast on past the loop (e.g. an epoch whose last step broke out early)
+
+    def _exit(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+
+
+def check_precision(tcfg: TrainerConfig, name: str) -> torch.dtype | None:
+    """The autocast dtype avalanche runs with; refuses what it cannot honour."""
+    precision = str(tcfg.precision)
+    if precision in ("32-true", "32", "bf16-mixed"):
+        return autocast_dtype(precision)
+    raise UserError(
+        f"{name} runs on avalanche, which supports trainer.precision=32-true or bf16-mixed, not {precision}"
+    )
+
+
+def set_determinism(deterministic: bool | str) -> None:
+    """What Lightning's Trainer sets for ``deterministic``, for avalanche runs (which build no Trainer)."""
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+    else:
+        torch.use_deterministic_algorithms(False)
 
 
 @contextlib.contextmanager
@@ -208,6 +265,9 @@ class AvalancheLearner:
         devices = tcfg.devices if isinstance(tcfg.devices, int | str) else len(tcfg.devices)
         if str(devices) not in ("1", "auto") or tcfg.num_nodes != 1 or "ddp" in str(tcfg.strategy):
             raise UserError(f"{method.name} runs avalanche on one device; use trainer.devices=1 and no ddp strategy")
+        apply_profile(tcfg, method.ctx.family)  # a no-op for the loop's already resolved config
+        self.amp_dtype = check_precision(tcfg, method.name)
+        set_determinism(tcfg.deterministic)
         self.method, self.cfg, self.tcfg, self.seed, self.fingerprint = method, method.cfg, tcfg, seed, fp
         self.tasks = tasks
         self.isolates_tasks = False
@@ -223,6 +283,8 @@ class AvalancheLearner:
             self.uid_starts = [int(e.dataset.uid[0]) for e in self.exps]
             self.adapter = adapter_for(method.name)
             self.strategy = self.adapter.build(self)
+            if self.amp_dtype is not None:
+                self.strategy.plugins.append(AutocastPlugin(self.device, self.amp_dtype))
 
     # ---- what strategies share ----------------------------------------------------------------------------------
     def strategy_kwargs(self) -> dict:
@@ -234,6 +296,15 @@ class AvalancheLearner:
             "device": self.device,
             "evaluator": quiet_evaluator(),
             "eval_every": -1,
+        }
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The run's loader settings, as avalanche's ``train(**kwargs)`` passes them to its data loaders."""
+        workers = int(self.tcfg.num_workers or 0)
+        return {
+            "num_workers": workers,
+            "pin_memory": bool(self.tcfg.pin_memory) and self.device.type == "cuda",
+            "persistent_workers": bool(self.tcfg.persistent_workers) and workers > 0,
         }
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
@@ -280,9 +351,7 @@ class AvalancheLearner:
         start = time.perf_counter()
         with quiet():
             # A fresh optimizer state per experience, as the engine does per task (and what makes resume exact).
-            self.strategy.train(
-                self.exps[t], eval_streams=[], reset_optimizer_state=True, num_workers=self.tcfg.num_workers
-            )
+            self.strategy.train(self.exps[t], eval_streams=[], reset_optimizer_state=True, **self.loader_kwargs())
         train_s = time.perf_counter() - start
         self.done = t + 1
         val = self._accuracy(t, task.val, task.num_classes)
@@ -352,10 +421,10 @@ class AvalancheLearner:
         parts = self.adapter.eval_modules(self.strategy)
         view = TaskView(lambda x, j: self.adapter.logits(self.strategy, x, j), parts, (self.offsets[t], self.sizes[t]))
         view.eval()  # accuracy() restores this mode afterwards: keep the networks in eval
-        loader = make_loader(ds, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
+        loader = make_loader(ds, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
         for m in parts:
             m.to(self.device)
-        return accuracy(view, t, loader, num_classes, self.device)  # type: ignore[arg-type]
+        return accuracy(view, t, loader, num_classes, self.device, self.tcfg.precision)  # type: ignore[arg-type]
 
     def evaluate(self, t: int, task: Task) -> float:
         return self._accuracy(t, task.test, task.num_classes)

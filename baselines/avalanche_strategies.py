@@ -25,7 +25,7 @@ from avalanche.training.plugins import EWCPlugin, GDumbPlugin, LwFPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.supervised import DER, ER_ACE, EWC, GDumb, LwF
 from avalanche.training.supervised import der as der_module
-from avalanche.training.utils import ParamData
+from avalanche.training.utils import ParamData, cycle
 from torch import nn
 
 from baselines.avalanche_common import buffer_state, restore_buffer
@@ -54,6 +54,27 @@ class TaskAwareDER(DER):
     def _after_training_exp(self, **kwargs: Any) -> None:
         with mock.patch.object(der_module, "compute_dataset_logits", task_aware_logits):
             super()._after_training_exp(**kwargs)
+
+
+class WorkerER_ACE(ER_ACE):  # noqa: N801 (avalanche's class name)
+    """avalanche's ER-ACE whose replay loader uses the run's loader workers (avalanche builds it with none, so every
+    replay batch would be read and transformed in the training process)."""
+
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        super()._before_training_exp(**kwargs)
+        workers = int(kwargs.get("num_workers", 0) or 0)
+        if self.replay_loader is not None and workers > 0:
+            self.replay_loader = cycle(
+                torch.utils.data.DataLoader(
+                    self.storage_policy.buffer,
+                    batch_size=self.batch_size_mem,
+                    shuffle=True,
+                    drop_last=True,
+                    num_workers=workers,
+                    pin_memory=bool(kwargs.get("pin_memory")),
+                    persistent_workers=bool(kwargs.get("persistent_workers")),
+                )  # fmt: skip
+            )
 
 
 class Adapter:
@@ -203,7 +224,7 @@ class ERACEAdapter(Adapter):
         net, opt, kw = _common(ln)
         c = ln.cfg
         mem = c.mem_per_class * ln.total_classes
-        s = ER_ACE(
+        s = WorkerER_ACE(
             model=net, optimizer=opt, criterion=nn.CrossEntropyLoss(), mem_size=mem,
             batch_size_mem=c.batch_size_mem or ln.tcfg.batch_size, **kw,
         )  # fmt: skip

@@ -281,3 +281,45 @@ def test_lr_schedule_follows_engine_and_resets_per_task():
     for t, task in enumerate(tasks):
         learner.fit_task(t, task)
     assert lrs == pytest.approx([0.01, 0.001, 0.0001] * 2)
+
+
+# ---- execution settings (issue 13) ------------------------------------------------------------------------------
+def test_bf16_autocast_covers_the_training_step_and_16_mixed_is_refused(monkeypatch):
+    from baselines.avalanche_common import AutocastPlugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learner, tasks = tiny_learner("lwf", overrides=("trainer.precision=bf16-mixed",))
+        assert isinstance(learner.strategy.plugins[-1], AutocastPlugin)  # last: LwF's teacher forward is covered
+        seen = []
+        linear = next(m for m in learner.backbone.modules() if isinstance(m, torch.nn.Linear))
+        hook = linear.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+        learner.fit_task(0, tasks[0])
+        learner.fit_task(1, tasks[1])
+        hook.remove()
+    train = {dtype for grad, dtype in seen if grad}
+    assert train == {torch.bfloat16}, seen  # every training forward (student and teacher) ran under autocast
+    assert not torch.is_autocast_enabled("cpu"), "autocast is off again after training"
+    with pytest.raises(UserError, match="bf16-mixed, not 16-mixed"):
+        tiny_learner("ewc", overrides=("trainer.precision=16-mixed",))
+
+
+def test_loader_settings_reach_avalanche_and_er_ace_replay(monkeypatch):
+    from baselines.avalanche_strategies import WorkerER_ACE
+
+    replay = []
+    original = WorkerER_ACE._before_training_exp
+
+    def spy(self, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        original(self, **kwargs)
+        if self.replay_loader is not None:
+            replay.append(self.replay_loader.gi_frame.f_locals["loader"].num_workers)
+
+    monkeypatch.setattr(WorkerER_ACE, "_before_training_exp", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learner, tasks = tiny_learner("er-ace", overrides=("trainer.num_workers=1",))
+        assert learner.loader_kwargs() == {"num_workers": 1, "pin_memory": False, "persistent_workers": False}
+        learner.fit_task(0, tasks[0])
+        learner.fit_task(1, tasks[1])
+    assert replay == [1]  # task 1 replays task 0's buffer through a loader with the run's workers
