@@ -86,3 +86,36 @@ def test_real_downloaders_are_torchvision_with_download_true(tmp_path, monkeypat
         SPECS[name].download(tmp_path)
     assert calls == [(tvd.CIFAR10, True), (tvd.CIFAR100, True), (tvd.Flowers102, True), (tvd.FGVCAircraft, True)]
     assert SPECS["mit67"].download is None and SPECS["cub200"].download is None
+
+
+def test_prepare_builds_the_cache_once_for_later_runs(six_root, tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    assert run("prepare", "--root", str(six_root), "--cache-dir", str(cache), "--image-size", "32") == 0
+    out = capsys.readouterr().out
+    assert "cifar10: stored at 32 px for a 32 px model" in out and "flowers102: stored at 37 px" in out
+    assert "32 px: 14 cache files" in out
+    files = sorted(p.name for p in (cache / "images").iterdir())
+    assert len([f for f in files if f.endswith(".npy")]) == 14 and not [f for f in files if ".tmp" in f or ".lock" in f]
+
+    import PIL.Image
+
+    from recast_bench.config import compose_config
+    from recast_bench.data import build_stream
+
+    def no_decode(*a, **k):
+        raise AssertionError("prepare left something to decode")
+
+    monkeypatch.setattr(PIL.Image, "open", no_decode)
+    cfg = compose_config(["stream=six", f"++stream.root={six_root}"]).stream
+    assert len(build_stream(cfg, 32, str(cache))) == 6  # a run after prepare only reads
+    assert sorted(p.name for p in (cache / "images").iterdir()) == files
+
+
+def test_prepare_rejects_bad_input(six_root, tmp_path):
+    with pytest.raises(UserError, match="--image-size must be >= 8"):
+        run("prepare", "--root", str(six_root), "--cache-dir", str(tmp_path), "--image-size", "0")
+    with pytest.raises(UserError, match="stream.cache=false"):
+        run("prepare", "--root", str(six_root), "--cache-dir", str(tmp_path), "stream.cache=false")
+    with pytest.raises(UserError, match="unknown task 'imagenet'"):
+        run("prepare", "--root", str(six_root), "--cache-dir", str(tmp_path), "--tasks", "imagenet")
+    assert not (tmp_path / "images").exists()

@@ -1,11 +1,13 @@
-"""``recast-bench data check|download``: report which of the six datasets are in place, and fetch the ones
-torchvision can download (CIFAR-10/100, Flowers102, FGVC-Aircraft). MIT67 and CUB-200 need a manual download.
+"""``recast-bench data check|download|prepare``: report which of the six datasets are in place, fetch the ones
+torchvision can download (CIFAR-10/100, Flowers102, FGVC-Aircraft; MIT67 and CUB-200 need a manual download), and
+build the preprocessed image cache once before a sweep, so that parallel runs only read it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from recast_bench.data.sources import PAPER_ORDER, SPECS, load_source
@@ -108,6 +110,45 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Build every cache entry of the stream (image squares, and statistics for dataset normalisation)."""
+    from recast_bench.config import compose_config
+    from recast_bench.data.images import CachedImages
+    from recast_bench.data.stream import SPLITS, build_stream
+
+    cache_dir = args.cache_dir or str(Path(args.data_dir) / "cache")
+    overrides = [f"stream={args.stream}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache_dir}"]
+    if args.root:
+        overrides.append(f"stream.root={args.root}")
+    if args.tasks:
+        overrides.append(f"stream.tasks=[{args.tasks}]")
+    overrides += list(args.overrides)
+    cfg = compose_config(overrides)
+    if not cfg.stream.cache:
+        raise UserError("stream.cache=false: there is no cache to prepare")
+    for size in args.image_size:
+        if size < 8:
+            raise UserError(f"--image-size must be >= 8, got {size}")
+        t0 = time.perf_counter()
+        tasks = build_stream(cfg.stream, image_size=size, cache_dir=cache_dir)
+        files = {
+            p.path for t in tasks for s in SPLITS for p in getattr(_unwrap(getattr(t, s)), "parts", [])
+            if isinstance(p, CachedImages)
+        }  # fmt: skip
+        total = sum(Path(f).stat().st_size for f in files)
+        for t in tasks:
+            side = t.batch_transform.source if t.batch_transform is not None else size
+            sizes = ", ".join(f"{s} {n}" for s, n in t.sizes().items())
+            print(f"{t.name}: stored at {side} px for a {size} px model ({sizes})")
+        print(f"{size} px: {len(files)} cache files, {total / 2**30:.2f} GiB in {cache_dir}/images "
+              f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    return 0
+
+
+def _unwrap(ds):  # noqa: ANN001, ANN202 (a Subset of a SplitView -> the SplitView)
+    return _unwrap(ds.dataset) if hasattr(ds, "dataset") and hasattr(ds, "indices") else ds
+
+
 def handler(args: argparse.Namespace) -> int:
     """Entry point of ``recast-bench data``."""
     if getattr(args, "data_cmd", None) is None:
@@ -117,8 +158,8 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubParsersAction)
-    """Register ``data`` with its ``check`` and ``download`` subcommands; sets ``func=handler``."""
-    p = subparsers.add_parser("data", help="check or download the six datasets of the paper's stream")
+    """Register ``data`` with its ``check``, ``download`` and ``prepare`` subcommands; sets ``func=handler``."""
+    p = subparsers.add_parser("data", help="check, download or prepare the six datasets of the paper's stream")
     sub = p.add_subparsers(dest="data_cmd")
     c = sub.add_parser("check", help="report which datasets are present, with class and sample counts")
     c.add_argument("--root", default="data", help="data root (default: data)")
@@ -127,4 +168,20 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubPars
     d.add_argument("--root", default="data", help="data root (default: data)")
     d.add_argument("--only", default=None, help="comma-separated dataset names (default: all six)")
     d.set_defaults(data_func=cmd_download)
+    r = sub.add_parser(
+        "prepare",
+        help="build the preprocessed image cache once before a sweep (runs then only read it)",
+        description="Decode and resize every split of the stream into the image cache. Safe to run on several "
+        "nodes at once: one builds each file, the others wait for it.",
+    )
+    r.add_argument("--stream", default="six", help="stream config (default: six; e.g. six_pooled)")
+    r.add_argument(
+        "--image-size", type=int, nargs="+", default=[224], help="model input size(s) to prepare for (default: 224)"
+    )
+    r.add_argument("--data-dir", default="data", help="as paths.data_dir (default: data)")
+    r.add_argument("--root", default=None, help="dataset root (default: the data dir)")
+    r.add_argument("--cache-dir", default=None, help="as paths.cache_dir (default: DATA_DIR/cache)")
+    r.add_argument("--tasks", default=None, help="comma-separated subset of the stream's tasks (default: all)")
+    r.add_argument("overrides", nargs="*", help="further config overrides, e.g. stream.normalization=dataset")
+    r.set_defaults(data_func=cmd_prepare)
     p.set_defaults(func=handler, data_parser=p)
