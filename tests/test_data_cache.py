@@ -128,3 +128,16 @@ def test_cache_size_table_from_official_counts():
     assert t["total_bytes"] == sum(r["bytes"] for r in t["datasets"]) and t["meets_target"]
     assert t["old_layout_gib"] > 20  # every image as a 224 px crop, CIFAR upsampled
     assert cache_size_table(224, "pooled")["total_bytes"] > t["total_bytes"]  # MIT67's whole pool
+
+
+def test_perf_loading_figures_report_both_paths_and_the_cache_size():
+    from recast_bench.perf.common import non_finite_fields
+    from recast_bench.perf.loading import loading_figures
+
+    res = loading_figures(images=8, image_size=32, workers=0, batch=4, epochs=1)
+    assert isinstance(res, dict), res
+    assert non_finite_fields(res) == []
+    for fig in (res, res["cifar_like"]):
+        assert fig["float_cpu_img_s"] > 0 and fig["uint8_device_img_s"] > 0 and fig["uint8_over_float"] > 0
+    assert res["cifar_like"]["stored_side"] == 32 and res["stored_side"] == 37
+    assert res["cache_size_six"]["image_size"] == 32 and res["cache_size_six_pooled"] > 0
