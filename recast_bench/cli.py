@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "recast_bench.data.cli",
     "recast_bench.report.cli",
     "recast_bench.perf",
+    "recast_bench.cost",
     "recast_bench.deploy.cli",
 )
 
