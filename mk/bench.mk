@@ -8,7 +8,8 @@
 # Each run writes bench/<backbone>-<stream>/<method>-s<seed>/results.json, a make target that is re-run only when
 # missing, incomplete (resumed from its last task) or stale (its command line or one of its conf/ files changed;
 # then it restarts from scratch). A method entry NAME@VARIANT runs NAME with method.<adapter>.variant=VARIANT
-# (RoSA "sparse_mlp" / "full", the paper's two RoSA rows). Methods not registered in this checkout are skipped.
+# (RoSA "sparse_mlp" / "full", the paper's two RoSA rows; recast@svd, adaptformer@authors: our extra rows).
+# Methods not registered in this checkout are skipped.
 
 BACKBONE ?= vit_small
 STREAM ?= six
@@ -20,11 +21,10 @@ PAPER_SEEDS := 42 1998 3142592
 BENCH_DIR = $(BENCH_ROOT)/$(BACKBONE)-$(STREAM)
 BENCH_TOP := $(firstword $(MAKEFILE_LIST))
 
-# Paper Table 1 (ResNet-34) and Table 2 (ViT-S) rows, in the paper's order, as registry names.
-BENCH_METHODS_resnet := linear ewc lwf gdumb er-ace derpp recast hat piggyback clr recast+piggyback recast+clr
-BENCH_METHODS_vit := linear rosa@sparse_mlp recast+rosa@sparse_mlp recast l2p inflora adaptformer melo dora \
-	rosa@full recast+adaptformer recast+melo recast+rosa@full
-BENCH_METHODS ?= $(if $(findstring resnet,$(BACKBONE)),$(BENCH_METHODS_resnet),$(BENCH_METHODS_vit))
+# The rows of BACKBONE's paper table (Table 1 for ResNets, Table 2 for ViTs) in the paper's order, then our extra
+# named rows (e.g. recast@svd), read from the protocol cards (recast_bench/protocol/cards/); each run gets its card's
+# values by default (recast-bench run applies them beneath every override).
+BENCH_METHODS ?= $(shell $(PY) -m recast_bench.protocol list --backbone $(BACKBONE))
 
 # TINY=1: random-init backbone, 1 epoch, 2 tiny tasks, no W&B -- a plumbing check, not a result.
 BENCH_TINY_EXTRA := ++backbone.allow_random_init=true trainer=tiny trainer.epochs=1 trainer.batch_size=8 \
@@ -35,7 +35,7 @@ BENCH_EXTRA = $(EXTRA) $(if $(TINY),$(BENCH_TINY_EXTRA))
 bench_method = $(firstword $(subst @, ,$(1)))
 bench_variant = $(if $(findstring @,$(1)),method.$(lastword $(subst +, ,$(call bench_method,$(1)))).variant=$(lastword $(subst @, ,$(1))))
 bench_confs = $(wildcard conf/config.yaml conf/backbone/$(BACKBONE).yaml conf/stream/$(STREAM).yaml \
-	conf/trainer/default.yaml $(foreach p,$(subst +, ,$(call bench_method,$(1))),conf/method/$(p).yaml))
+	conf/trainer/default.yaml recast_bench/protocol/cards/table1.yaml recast_bench/protocol/cards/table2.yaml $(foreach p,$(subst +, ,$(call bench_method,$(1))),conf/method/$(p).yaml))
 bench_incomplete = $(shell f=$(1); test -f "$$f" && ! grep -q '"status": "complete"' "$$f" && echo FORCE)
 
 .PHONY: bench reproduce _bench-run _bench-report FORCE

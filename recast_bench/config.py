@@ -164,6 +164,9 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         # show the override as the user typed it, not with the "++" that _force_group_keys added
         raise UserError(f"bad override: {str(e).splitlines()[0].replace(chr(39) + '++', chr(39))}") from None
     OmegaConf.set_struct(cfg, False)
+    from recast_bench.protocol.apply import apply_card
+
+    apply_card(cfg)  # the paper row's values, beneath every yaml file and override (recast_bench/protocol/)
     for name, schema in GROUPS.items():
         cfg[name] = validate_group(name, cfg.get(name), schema)
     try:

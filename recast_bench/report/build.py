@@ -25,6 +25,9 @@ class Report:
     def main_tables(self) -> list[tables.Table]:
         return [t for t in self.tables if t.key.startswith(("table1_", "table2_"))]
 
+    def protocol_tables(self) -> list[tables.Table]:
+        return [t for t in self.tables if t.key.startswith("protocol_")]
+
 
 def _prepare(out: Path) -> None:
     try:
@@ -41,7 +44,7 @@ def make_report(inp: Inputs, out: str | Path) -> Report:
     groups = group_runs(inp.runs)
 
     if groups:
-        rep.tables += tables.main_tables(groups) + tables.per_dataset_tables(groups)
+        rep.tables += tables.main_tables(groups) + tables.protocol_tables(groups) + tables.per_dataset_tables(groups)
         rep.tables.append(tables.run_index_table(inp.runs))
     else:
         rep.skipped.append("Tables 1, 2 and 4: no complete results.json among the inputs")
@@ -92,6 +95,8 @@ def _write_readme(rep: Report, inp: Inputs) -> None:
         "",
     ]
     for t in rep.main_tables():
+        lines += [t.to_markdown(), ""]
+    for t in rep.protocol_tables():
         lines += [t.to_markdown(), ""]
     (rep.out / "README.md").write_text("\n".join(lines))
     index = {"files": rel, "skipped": rep.skipped, "tables": [t.key for t in rep.tables]}

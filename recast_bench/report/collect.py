@@ -3,8 +3,9 @@
 
 A run's *label* is its method name plus an optional variant (``rosa[full]``): the variant distinguishes rows that
 the paper reports for one method with two settings (RoSA "SpA MLP" and "Full - Att."). It comes from, in order,
-``results["variant"]``, the config's top-level ``variant`` (``+variant=full`` on the command line), or a
-``variant`` key in one of the method parts' configs.
+``results["variant"]``, the run's protocol card (``config.protocol.card``, e.g. ``rosa@full``), the config's
+top-level ``variant`` (``+variant=full`` on the command line), or a ``variant`` key in one of the method parts'
+configs.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def variant_of(res: dict) -> str | None:
     if res.get("variant"):
         return str(res["variant"])
     cfg = res.get("config") or {}
+    card = (cfg.get("protocol") or {}).get("card")
+    if card:  # the protocol card names the row: "rosa@full" -> full, "recast" -> none (even with variant=paper)
+        return card.partition("@")[2] or None
     if cfg.get("variant"):
         return str(cfg["variant"])
     for part_cfg in (cfg.get("method") or {}).values():
@@ -129,7 +133,7 @@ def label_of(res: dict) -> str:
 
 
 # Config keys that differ between seeds of one setting, or only change where/how a run is shown.
-_NOT_SETTINGS = {"seed", "out", "logger", "paths", "progress_bar", "num_workers", "method_name"}
+_NOT_SETTINGS = {"seed", "out", "logger", "paths", "progress_bar", "num_workers", "method_name", "protocol"}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

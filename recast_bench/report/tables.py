@@ -384,3 +384,27 @@ def run_index_table(runs: list[dict]) -> Table:
     for r in sorted(runs, key=lambda r: (r["backbone"], r["stream"], label_of(r), int(r["seed"]))):
         t.rows.append([r["_dir"], label_of(r), r["backbone"], r["stream"], int(r["seed"]), r["avg_acc"], r["bwt"]])
     return t
+
+
+def protocol_tables(groups: list[Group]) -> list[Table]:
+    """The protocol beside each paper table: one line per card (what was run and why), for each family among the
+    runs, plus the figures' settings; ``measured_count`` is the runs' own per-task count for that card."""
+    from recast_bench.protocol import load
+    from recast_bench.protocol.cards import family_of
+    from recast_bench.protocol.render import COLUMNS, NOTES, row
+
+    families = {family_of(g.backbone) for g in groups}
+    out = []
+    for file in ("table1", "table2", "figures"):
+        header, cards = load(file)
+        if file != "figures" and header["family"] not in families:
+            continue
+        t = Table(key=f"protocol_{file}", title=f"Protocol: {header['title']}", columns=list(COLUMNS))
+        for card in cards:
+            ids = {card.id, f"{card.method}[{card.variant}]" if card.variant else card.method}
+            mine = [g for g in groups if family_of(g.backbone) == card.family and g.label.split("{")[0] in ids]
+            measured = [g.params_per_task() for g in mine if g.params_per_task() is not None]
+            t.rows.append(row(card, max(measured) if measured and file != "figures" else None))
+        t.notes = list(NOTES)
+        out.append(t)
+    return out
