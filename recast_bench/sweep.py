@@ -27,6 +27,9 @@ def _validated(cfg: DictConfig) -> DictConfig:
     """Same per-group validation as :func:`recast_bench.config.compose_config`, on Hydra's composed config."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # detach from Hydra's struct/readonly flags
     OmegaConf.set_struct(cfg, False)
+    from recast_bench.protocol.apply import apply_card
+
+    apply_card(cfg)  # as compose_config: the method's paper-row card beneath the experiment and the overrides
     for name, schema in GROUPS.items():
         cfg[name] = validate_group(name, cfg.get(name), schema)
     OmegaConf.resolve(cfg)

@@ -287,3 +287,18 @@ def test_card_values_are_dataclass_fields_or_recorded() -> None:
             if head == "method" and rest[1] not in {f.name for f in dataclasses.fields(METHODS.get(rest[0]).Config)}:
                 missing.append(f"{card.id}: {key}")
     assert not missing, "card keys the engine does not have:\n  " + "\n  ".join(missing)
+
+
+def test_sweep_jobs_get_the_card_beneath_the_experiment() -> None:
+    """``python -m recast_bench.sweep`` validates Hydra's own composition; it applies the card the same way."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recast_bench.sweep import _validated
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        raw = compose(config_name="config", overrides=["experiment=recast_sets", "backbone=vit_small"])
+    cfg = _validated(raw)
+    assert cfg.protocol.card == "recast" and cfg.trainer.grad_clip == 1.0 and cfg.trainer.batch_size == 128
+    assert cfg.method.recast.target == "attn+mlp" and cfg.method.recast.sets == 1  # the experiment's values win
