@@ -23,7 +23,8 @@ def _setup(name: str, family: str, tmp_path, overrides=None):
     torch.manual_seed(0)
     backbone = build_backbone(name, allow_random_init=True)[0]
     model = TaskModel(backbone, backbone.num_features)
-    method = build_method("recast", {"recast": overrides or {}}, family)
+    # Few mimicry iterations keep the paper variant fast; tests that need an exact start use variant=svd.
+    method = build_method("recast", {"recast": {"mimic_iters": 10, **(overrides or {})}}, family)
     method.ctx = RunContext(backbone_name=name, family=family, cache_dir=str(tmp_path))
     original = copy.deepcopy(model)
     method.setup(model)
@@ -40,7 +41,7 @@ def _train(model, method, t, steps=5, lr=5e-2):
     model.train()
     g = torch.Generator().manual_seed(t)
     for i in range(steps):
-        for m in frozen_batchnorms(model):  # as the engine's TaskModule does before every batch
+        for m in frozen_batchnorms(model, method):  # as the engine's TaskModule does before every batch
             m.eval()
         method.on_train_batch_start(model, i, steps, 0)
         x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
@@ -73,7 +74,7 @@ def test_only_coefficients_and_head_get_gradients(tmp_path):
 
 
 def test_setup_reproduces_backbone_and_tasks_are_isolated(tmp_path):
-    model, method, original = _setup("vit_tiny", "vit", tmp_path, {"groups": 2})
+    model, method, original = _setup("vit_tiny", "vit", tmp_path, {"groups": 2, "variant": "svd"})
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         ref = original.backbone(x)
@@ -96,8 +97,8 @@ def test_setup_reproduces_backbone_and_tasks_are_isolated(tmp_path):
         torch.testing.assert_close(model(x, 0), out0)  # cache refreshed, task 0 restored exactly
 
 
-def test_resnet_batchnorm_stats_do_not_change(tmp_path):
-    model, method, _ = _setup("resnet_tiny", "resnet", tmp_path)
+def test_resnet_batchnorm_stats_do_not_change_with_bn_frozen(tmp_path):
+    model, method, _ = _setup("resnet_tiny", "resnet", tmp_path, {"bn": "frozen"})
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
     method.on_task_start(model, 0, None, None)
     model.add_head(0, 3)
@@ -131,3 +132,70 @@ def test_generated_layers_are_adapter_friendly(tmp_path):
     assert isinstance(qkv, ReparamLinear)
     assert qkv.weight.shape == (qkv.out_features, qkv.in_features) == (144, 48)
     assert qkv.bias is not None and qkv.bias.shape == (144,)
+
+
+def test_resnet_per_task_batchnorm_is_stored_restored_and_reset(tmp_path):
+    from recast_bench.recast.method import PACKED_BN_KEY, PACKED_KEY
+
+    model, method, _ = _setup("resnet_tiny", "resnet", tmp_path)  # bn=per_task is the default
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    n_stats = sum(2 * m.num_features for m in bns)
+    pretrained = {k: v.clone() for k, v in method.task_buffers(model).items()}
+    states, outs = [], []
+    x = torch.randn(4, 3, 32, 32)
+    for t in range(2):
+        method.on_task_start(model, t, None, None)
+        assert all(torch.equal(v, pretrained[k]) for k, v in method.task_buffers(model).items())  # reset per task
+        model.add_head(t, 3)
+        _train(model, method, t, steps=3)
+        states.append(method.task_state(model))
+        assert states[-1][PACKED_BN_KEY].numel() == n_stats
+        assert not torch.equal(states[-1][PACKED_BN_KEY], torch.cat([v.flatten() for v in pretrained.values()]))
+        model.eval()
+        with torch.no_grad():
+            outs.append(model(x, t))
+    assert not torch.equal(states[0][PACKED_BN_KEY], states[1][PACKED_BN_KEY])  # statistics differ per task
+    # BN affine parameters are frozen, yet the engine keeps these BNs in train mode: the method declared their stats.
+    assert not any(p.requires_grad for m in bns for p in m.parameters())
+    assert frozen_batchnorms(model, method) == []
+    assert len(frozen_batchnorms(model)) == len(bns)  # without the declaration they would be frozen
+    method.load_task_state(model, states[0])  # restoring task 0 restores its statistics and outputs exactly
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, 0), outs[0])
+    d = method.describe()
+    assert d["bn"] == "per_task" and d["per_task_buffers"] == n_stats and d["per_task_params"] == 168
+    assert sum(p.numel() for p in method.task_parameters(model).values()) == 168  # trainable: coefficients only
+    assert set(states[0]) == {PACKED_KEY, PACKED_BN_KEY}
+
+
+def test_variant_selects_the_init_and_row(tmp_path):
+    paper = build_method("recast", {"recast": {}}, "vit").cfg
+    svd = build_method("recast", {"recast": {"variant": "svd"}}, "vit").cfg
+    assert (paper.variant, paper.mimic_config().init, paper.row_name) == ("paper", "random", "RECAST")
+    assert (svd.mimic_config().init, svd.row_name) == ("svd", "RECAST, SVD init (ours)")
+    assert paper.bn == "per_task" and paper.mimic_loss is None and paper.sets == 2 and paper.lr == 2e-3
+    with pytest.raises(UserError, match="variant"):
+        build_method("recast", {"recast": {"variant": "exact"}}, "vit")
+    with pytest.raises(UserError, match="bn"):
+        build_method("recast", {"recast": {"bn": "train"}}, "resnet")
+
+
+def test_mimicry_runs_on_the_run_device(tmp_path, monkeypatch):
+    import recast_bench.recast.method as recast_method
+
+    seen = {}
+
+    def capture(backbone, family, spec, mimic, cache_dir):
+        seen["device"] = mimic.device
+        raise ValueError("stop")
+
+    monkeypatch.setattr(recast_method, "recast_backbone", capture)
+    for device, cuda, expected in (("cuda:1", True, "cuda:1"), ("cuda", False, "cpu"), ("cpu", True, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        method = build_method("recast", {"recast": {}}, "vit")
+        method.ctx = RunContext(backbone_name="vit_tiny", family="vit", cache_dir=str(tmp_path), device=device)
+        backbone = build_backbone("vit_tiny", allow_random_init=True)[0]
+        with pytest.raises(UserError, match="stop"):
+            method.setup(TaskModel(backbone, backbone.num_features))
+        assert seen["device"] == expected
