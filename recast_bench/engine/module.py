@@ -72,7 +72,7 @@ class TaskModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
         # training task t would silently change the statistics every earlier task is evaluated with.
-        self._frozen_bn = frozen_batchnorms(model)
+        self._frozen_bn = frozen_batchnorms(model, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tcfg.channels_last and x.dim() == 4:
@@ -82,6 +82,16 @@ class TaskModule(L.LightningModule):
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         check_labels(batch[1], self.num_classes, self.task_name)  # still on the CPU here: no device sync
         return batch
+
+    input_transform = None
+    """Set by the learner: ``(batch, train) -> model input``, run on the device after the transfer (uint8 images
+    resized, flipped and normalised there: ``data/device_transforms.py``; or cached features: ``features.py``)."""
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        if self.input_transform is None:
+            return batch
+        x, y = batch
+        return self.input_transform(x, self.trainer.training), y
 
     def on_train_batch_start(self, batch: tuple, batch_idx: int) -> None:
         for m in self._frozen_bn:
@@ -155,12 +165,19 @@ class TaskModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
-    """BatchNorm layers none of whose parameters train: they must run in eval mode so their statistics stay fixed."""
+def frozen_batchnorms(model: nn.Module, method: Method | None = None) -> list[nn.Module]:
+    """BatchNorm layers none of whose parameters train: they must run in eval mode so their statistics stay fixed.
+
+    Exception: a BN whose running statistics ``method`` stores per task (:meth:`Method.task_buffers`) stays in train
+    mode, so they adapt to the task and are saved and restored with it (RECAST's ``bn=per_task``).
+    """
+    per_task = {id(b) for b in method.task_buffers(model).values()} if method is not None else set()
     return [
         m
         for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not any(p.requires_grad for p in m.parameters())
+        and not any(id(b) in per_task for b in m.buffers())
     ]
 
 
