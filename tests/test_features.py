@@ -119,3 +119,14 @@ def test_six_stream_resume_replays_device_flips(six_root, tmp_path, monkeypatch)
     assert json.loads((argv_out / "results.json").read_text())["completed_tasks"] == 1
     resumed = run(six_root, tmp_path, "int", method="finetune")
     assert resumed["acc_matrix"] == ref["acc_matrix"] and resumed["val_acc"] == ref["val_acc"]
+
+
+def test_weights_hash_covers_every_tensor_kind():
+    from recast_bench.backbones.resnet import build_resnet_tiny
+    from recast_bench.engine.features import weights_hash
+
+    torch.manual_seed(0)
+    net = build_resnet_tiny()  # BN layers: float buffers and 0-dim int64 counters
+    a = weights_hash(net)
+    net.bn1.num_batches_tracked += 1
+    assert weights_hash(net) != a

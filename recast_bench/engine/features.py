@@ -31,13 +31,17 @@ from recast_bench.engine.model import TaskModel
 FEATURE_VERSION = 1
 
 
+def _bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype and rank (0-dim BN counters included)."""
+    return t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+
+
 def weights_hash(module: nn.Module) -> str:
     """Content hash of ``module``'s parameters and buffers (names, dtypes, shapes, values)."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(_bytes(t))
     return h.hexdigest()
 
 
@@ -63,9 +67,8 @@ def dataset_key(ds: Dataset) -> str | None:
         h.update(ds.index.tobytes())
     elif isinstance(ds, TensorDataset):
         for t in ds.tensors:
-            t = t.detach().cpu().contiguous()
             h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
+            h.update(_bytes(t))
     else:
         return None
     return h.hexdigest()
