@@ -40,6 +40,8 @@ def runs(tmp_path_factory):
             out = root / f"{method}-{backbone}"
             argv = ["run", "--method", method, "--backbone", backbone, "--stream", "synthetic", "--out", str(out),
                     f"paths.data_dir={root / 'data'}", "logger=none", *STREAM, *TRAINER]  # fmt: skip
+            if "recast" in method:  # a short Neural Mimicry: the export's exactness does not depend on its quality
+                argv.append("method.recast.mimic_iters=20")
             assert main(argv) == 0
             made[(method, backbone)] = out
         return made[(method, backbone)]
@@ -277,3 +279,44 @@ def test_avalanche_runs_are_refused_in_one_line(tmp_path, capsys):
                                                       "config": config}))  # fmt: skip
     assert main(["export", str(run_dir), "--task", "a", "--out", str(tmp_path / "e")]) == 2
     assert "avalanche" in _one_line(capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["recast+piggyback", "lora"])
+def test_real_architectures_merge_into_stock_models(tmp_path, method):
+    """ResNet-34 (torchvision) and ViT-S (timm) with random weights: merged task states load into the stock model."""
+    from omegaconf import OmegaConf
+
+    from recast_bench.backbones import get_spec, num_features
+    from recast_bench.deploy.arch import architecture, build_plain, classifier_prefix
+    from recast_bench.deploy.merge import leftover, merged_copy
+    from recast_bench.engine.build import build_method
+    from recast_bench.engine.method import RunContext
+    from recast_bench.engine.model import TaskModel
+
+    backbone = "resnet34" if method.startswith("recast") else "vit_small"
+    spec = get_spec(backbone)
+    torch.manual_seed(0)
+    module = spec.build()
+    model = TaskModel(module, num_features(module))
+    m = build_method(method, OmegaConf.create({"recast": {"mimic_iters": 20}}), spec.family)
+    m.ctx = RunContext(backbone_name=backbone, family=spec.family, cache_dir=str(tmp_path), seed=0)
+    m.setup(model)
+    head = model.add_head(0, 7)
+    with torch.no_grad():
+        for p in m.task_parameters(model).values():
+            p.add_(
+                0.02 * torch.randn_like(p)
+            )  # flips about a third of Piggyback's mask bits (init 0.01, threshold 0.005)
+    model.eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x, 0)
+    merged = merged_copy(model.backbone)
+    arch = architecture(backbone, 7)
+    plain = build_plain(arch).eval()
+    assert leftover(merged, plain) == []
+    state = {**merged.state_dict(), **{classifier_prefix(arch) + k: v for k, v in head.state_dict().items()}}
+    plain.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert (plain(x) - expected).abs().max() <= TOLERANCE

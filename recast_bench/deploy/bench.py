@@ -8,7 +8,7 @@ round-robin over the tasks:
 * ``switch_ms``: load a task's state and head from the in-memory pack into the model, and materialise what the
   next forward needs (RECAST regenerates its weights);
 * ``switch_from_file_ms``: the same, reading only that task's tensors from the pack file first;
-* ``first_forward_ms`` vs ``forward_ms``: one image right after a switch, and steady-state, at batch 1.
+* ``switch_and_forward_ms`` vs ``forward_ms``: a switch then one image, and one image alone (batch 1).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path) -> dic
     spec = get_spec(backbone)
     backbone_module = spec.build()
     model = TaskModel(backbone_module, num_features(backbone_module))
-    method = build_method(name, OmegaConf.create({}), spec.family)
+    # Random weights: a short Neural Mimicry is enough, sizes and switch times do not depend on its quality.
+    method = build_method(name, OmegaConf.create({"recast": {"mimic_iters": 20}}), spec.family)
     method.ctx = RunContext(backbone_name=backbone, family=spec.family, cache_dir=str(workdir / "cache"), seed=0)
     method.setup(model)
     model.eval()
@@ -116,7 +117,7 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path) -> dic
         ),
         "switch_ms": _median_ms(from_memory, repeats),
         "switch_from_file_ms": _median_ms(from_file, repeats),
-        "first_forward_ms": _median_ms(switch_then_forward, max(5, repeats // 5)) - _median_ms(from_memory, 5),
+        "switch_and_forward_ms": _median_ms(switch_then_forward, max(5, repeats // 5)),
         "forward_ms": steady,
     }
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<10} state {r['state_bytes_per_task']:>8,} B/task ({r['state_numbers_per_task']} numbers), "
               f"pack {r['pack']['file_bytes_per_task']:>10,.0f} B/task incl. head; switch {r['switch_ms']:.2f} ms, "
               f"from file {r['switch_from_file_ms']:.2f} ms; forward {r['forward_ms']:.1f} ms, "
-              f"first after switch {r['first_forward_ms']:.1f} ms")  # fmt: skip
+              f"switch + forward {r['switch_and_forward_ms']:.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
