@@ -41,9 +41,12 @@ format: $(STAMP) ## apply ruff formatting and safe fixes
 perf: $(STAMP) ## measure speed and size figures into perf/perf.json and perf/perf.md
 	$(BIN)/recast-bench perf --out perf
 
+gpu-check: $(STAMP) ## GPU smoke test: preflight, every case for one epoch, throughput ceiling -> gpu-check.json (CPU form without CUDA)
+	$(PY) -m recast_bench.gpucheck --out gpu-check.json $(GPU_CHECK_ARGS)
+
 clean: ## remove run outputs (keeps data/ and the virtualenv)
 	rm -rf runs bench perf outputs multirun
 
-.PHONY: help install demo test test-fast quality format perf clean
+.PHONY: help install demo test test-fast quality format perf gpu-check clean
 
 -include mk/bench.mk

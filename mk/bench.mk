@@ -17,6 +17,10 @@ SEEDS ?= 42
 EXTRA ?=
 TINY ?=
 BENCH_ROOT ?= bench
+# make bench -j N: each run takes a free GPU slot (python -m recast_bench.slot): RUNS_PER_GPU concurrent runs per
+# visible GPU, CUDA_VISIBLE_DEVICES set per run; without a GPU the launcher just runs the command.
+RUNS_PER_GPU ?= 1
+BENCH_COST ?= 1
 PAPER_SEEDS := 42 1998 3142592
 BENCH_DIR = $(BENCH_ROOT)/$(BACKBONE)-$(STREAM)
 BENCH_TOP := $(firstword $(MAKEFILE_LIST))
@@ -46,13 +50,17 @@ bench: $(VENV)/.installed ## run every method of BACKBONE's paper table over STR
 	for m in $(BENCH_METHODS); do \
 	  case "$$registered" in *" $${m%%@*} "*) want="$$want $$m";; *) echo "bench: skipping $$m (not registered)";; esac; \
 	done; \
+	[ "$(BENCH_COST)" = 0 ] || $(BIN)/recast-bench cost --backbone $(BACKBONE) --stream $(STREAM) --seeds "$(SEEDS)" \
+	  --methods $$want -- $(BENCH_EXTRA) || echo "bench: no cost estimate (see above)"; \
 	$(MAKE) -k --no-print-directory -f $(BENCH_TOP) _bench-run BENCH_RUN_METHODS="$$want"; rc=$$?; \
 	[ $$rc -eq 0 ] || echo "bench: some runs failed (see above); reporting the completed ones"; \
 	$(MAKE) --no-print-directory -f $(BENCH_TOP) _bench-report BENCH_RUN_METHODS="$$want" && exit $$rc
 
 reproduce: $(VENV)/.installed ## the paper's Tables 1 and 2: both backbones, six datasets, seeds 42 1998 3142592
-	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=resnet34 STREAM=six SEEDS="$(PAPER_SEEDS)"
-	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=vit_small STREAM=six SEEDS="$(PAPER_SEEDS)"
+	-$(BIN)/recast-bench cost --backbone resnet34 --stream six --seeds "$(PAPER_SEEDS)" -- $(EXTRA)
+	-$(BIN)/recast-bench cost --backbone vit_small --stream six --seeds "$(PAPER_SEEDS)" -- $(EXTRA)
+	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=resnet34 STREAM=six SEEDS="$(PAPER_SEEDS)" BENCH_COST=0
+	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=vit_small STREAM=six SEEDS="$(PAPER_SEEDS)" BENCH_COST=0
 
 ifdef BENCH_RUN_METHODS
 BENCH_PAIRS := $(foreach m,$(BENCH_RUN_METHODS),$(foreach s,$(SEEDS),$(m)-s$(s)))
@@ -67,7 +75,7 @@ $(BENCH_DIR)/.stamps/$(1)-s$(2).args: FORCE
 $(BENCH_DIR)/$(1)-s$(2)/results.json: $(BENCH_DIR)/.stamps/$(1)-s$(2).args $(call bench_confs,$(1)) $(call bench_incomplete,$(BENCH_DIR)/$(1)-s$(2)/results.json)
 	@$(PY) -m recast_bench.report.progress $(BENCH_DIR) --expect "$(BENCH_PAIRS)" --next $(1)-s$(2)
 	@if [ -f $$@ ] && [ -n "$$(filter-out FORCE,$$?)" ]; then echo "bench: $(1) s$(2): settings changed, re-running"; rm -rf $$(@D); fi
-	$(BIN)/recast-bench run --method $(call bench_method,$(1)) --backbone $(BACKBONE) --stream $(STREAM) --seed $(2) --out $$(@D) $(call bench_variant,$(1)) $(BENCH_EXTRA)
+	$(PY) -m recast_bench.slot --per-gpu $(RUNS_PER_GPU) -- $(BIN)/recast-bench run --method $(call bench_method,$(1)) --backbone $(BACKBONE) --stream $(STREAM) --seed $(2) --out $$(@D) $(call bench_variant,$(1)) $(BENCH_EXTRA)
 	@touch $$@
 endef
 $(foreach m,$(BENCH_RUN_METHODS),$(foreach s,$(SEEDS),$(eval $(call BENCH_RULE,$(m),$(s)))))

@@ -25,18 +25,6 @@ from typing import Any
 
 from recast_bench.errors import UserError
 
-# Paper Table 1 (ResNet-34) and Table 2 (ViT-S) rows, as mk/bench.mk lists them (used when --methods is not given).
-PAPER_METHODS = {
-    "resnet": [
-        "linear", "ewc", "lwf", "gdumb", "er-ace", "derpp", "recast", "hat", "piggyback", "clr", "recast+piggyback",
-        "recast+clr",
-    ],
-    "vit": [
-        "linear", "rosa@sparse_mlp", "recast+rosa@sparse_mlp", "recast", "l2p", "inflora", "adaptformer", "melo",
-        "dora", "rosa@full", "recast+adaptformer", "recast+melo", "recast+rosa@full",
-    ],
-}  # fmt: skip
-
 FAMILIES = {
     "linear": "frozen",
     "ewc": "full", "lwf": "full", "gdumb": "full", "finetune": "full",
@@ -53,6 +41,13 @@ DEFAULT_EVAL_IMG_S = {"vit": 12000.0, "resnet": 10000.0}
 FAMILY_FACTOR = {"frozen": 1.0, "full": 1.0, "peft": 1.0, "replay": 2.0, "prompt": 1.5}
 """Forward/backward passes per training image relative to plain training: replay methods add a buffer batch of
 the same size per step; L2P adds a frozen query forward (about half a training step)."""
+
+
+def default_methods(backbone: str) -> list[str]:
+    """The entries ``make bench BACKBONE=backbone`` runs (the protocol cards' bench rows)."""
+    from recast_bench.protocol.cards import bench_rows
+
+    return [c.id for c in bench_rows(backbone)]
 
 
 def family(method: str) -> str:
@@ -204,12 +199,13 @@ def format_estimate(est: dict[str, Any], stream: str) -> str:
 def cmd_cost(args: argparse.Namespace) -> int:
     from recast_bench.backbones import get_spec
     from recast_bench.config import compose_config
-    from recast_bench.registry import load_all
 
-    load_all()
     spec = get_spec(args.backbone)
-    cfg = compose_config([f"backbone={args.backbone}", f"stream={args.stream}", *args.overrides])
-    methods = args.methods or PAPER_METHODS[spec.family]
+    # only the stream and trainer overrides matter here (make bench passes its whole EXTRA)
+    keep = tuple(f"{pre}{g}" for pre in ("", "+", "++") for g in ("stream", "trainer", "paths"))
+    overrides = [o for o in args.overrides if o.startswith(keep)]
+    cfg = compose_config([f"backbone={args.backbone}", f"stream={args.stream}", *overrides])
+    methods = args.methods or default_methods(spec.name)
     seeds = len(args.seeds.split()) if args.seeds else 1
     est = estimate(methods, stream_sizes(cfg.stream), int(cfg.trainer.epochs), seeds, spec.name, args.throughput)
     print(format_estimate(est, args.stream))
@@ -222,7 +218,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("cost", help="estimated GPU-hours of a bench (throughput x the stream's sizes)")
     p.add_argument("--backbone", default="vit_small")
     p.add_argument("--stream", default="six")
-    p.add_argument("--methods", nargs="*", help="method entries (NAME or NAME@VARIANT); default: the paper table")
+    p.add_argument("--methods", nargs="*", help="method entries (NAME or NAME@VARIANT); default: make bench's rows")
     p.add_argument("--seeds", default="42", help='seeds as make passes them, e.g. "42 1998 3142592"')
     p.add_argument("--throughput", type=Path, help="a gpu-check JSON with measured images/s")
     p.add_argument("--json", help="also write the estimate to this file")

@@ -1,0 +1,5 @@
+import sys
+
+from recast_bench.gpucheck.runner import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""The bench slot launcher: one run per free GPU slot (flock), CUDA_VISIBLE_DEVICES per run, a no-op without GPUs."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+
+SHOW = [sys.executable, "-c", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), "
+        "os.environ.get('RECAST_BENCH_RUNS_PER_NODE'))"]  # fmt: skip
+
+
+def _slot(tmp_path, visible: str, *args: str, cmd=SHOW) -> str:  # noqa: ANN001
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
+    env.pop("RECAST_BENCH_RUNS_PER_NODE", None)
+    argv = [sys.executable, "-m", "recast_bench.slot", "--dir", str(tmp_path), *args, "--", *cmd]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+
+
+def _hold(path):  # noqa: ANN001, ANN202
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_takes_a_free_gpu_and_spreads_before_doubling_up(tmp_path):
+    assert _slot(tmp_path, "5,7") == "5 2"  # the first GPU's slot is free
+    held = _hold(tmp_path / "gpu-5-slot0.lock")  # a run holds GPU 5
+    try:
+        assert _slot(tmp_path, "5,7") == "7 2"
+        assert _slot(tmp_path, "5,7", "--per-gpu", "2") == "7 4"  # a free GPU before a second run on GPU 5
+        held2 = _hold(tmp_path / "gpu-7-slot0.lock")
+        try:
+            assert _slot(tmp_path, "5,7", "--per-gpu", "2") == "5 4"  # then GPU 5's second slot
+        finally:
+            os.close(held2)
+    finally:
+        os.close(held)
+
+
+def test_the_run_holds_its_slot_until_it_exits(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3"}
+    cmd = [sys.executable, "-m", "recast_bench.slot", "--dir", str(tmp_path), "--", sys.executable, "-c",
+           "import sys, time; print('up', flush=True); sys.stdin.readline()"]  # fmt: skip
+    run = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline().strip() == "up"
+        fd = os.open(tmp_path / "gpu-3-slot0.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            raise AssertionError("the slot should be held by the running command")
+        except BlockingIOError:
+            pass
+        run.stdin.write("\n")
+        run.stdin.flush()
+        assert run.wait(timeout=30) == 0
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # freed when the run ended
+        os.close(fd)
+    finally:
+        run.kill()
+
+
+def test_no_gpu_runs_the_command_unchanged(tmp_path):
+    assert _slot(tmp_path, "") == "None"  # CUDA_VISIBLE_DEVICES="" hides every GPU
+    out = _slot(tmp_path, "-1")
+    assert out == "-1 None"  # environment untouched, no slot files
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_slurm_launcher_requeues_on_timeout():
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    from omegaconf import OmegaConf
+
+    from recast_bench.config import CONF_DIR
+
+    own = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), {k: v for k, v in own.items() if k != "defaults"})
+    assert cfg.max_num_timeout >= 1 and cfg.signal_delay_s >= 60  # submitit requeues; the run resumes from disk
