@@ -86,11 +86,16 @@ def row(card: Card, measured: int | None = None) -> list[Any]:
     """One protocol line for ``card``, in :data:`COLUMNS` order."""
     t = card.values.get
     verdict = card.verdict if card.paper_fraction is not None or card.verdict != "consistent" else None
+    settings, count = _settings(card), card.count
+    if card.table == "figures":  # a sweep: its experiment, swept values and the count of each point
+        sweep = "; ".join(f"sweep {k}=[{','.join(str(x) for x in v)}]" for k, v in card.sweep.items())
+        settings = "; ".join(s for s in (settings, sweep) if s) or None
+        count = ", ".join(f"{k}: {v}" for k, v in card.counts.items()) or None
     return [
         card.id,
         card.label,
         card.method,
-        card.variant,
+        card.variant or (f"experiment={card.experiment}" if card.experiment else None),
         cell(t("trainer.epochs")),
         cell(t("trainer.batch_size")),
         cell(t("trainer.grad_clip")),
@@ -98,8 +103,8 @@ def row(card: Card, measured: int | None = None) -> list[Any]:
         _per_part(card, "optimizer"),
         _per_part(card, "lr"),
         _per_part(card, "weight_decay"),
-        _settings(card),
-        card.count,
+        settings,
+        count,
         card.paper_params,
         card.paper_fraction,
         card.fraction(),
