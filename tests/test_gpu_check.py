@@ -74,3 +74,17 @@ def test_cpu_form_every_case_passes(tmp_path, capsys):
     assert {"fp32", "bf16"} <= set(report["ceiling_img_s"]["vit_tiny"])
     assert "bf16_channels_last" in report["ceiling_img_s"]["resnet_tiny"]
     assert "gpu-check: 25 passed, 0 failed" in printed
+
+
+@pytest.mark.slow
+def test_gpu_form_data_is_flowers_and_a_large_cifar10(tmp_path):
+    from recast_bench.gpucheck.cases import Case
+    from recast_bench.gpucheck.runner import gpu_data, run_overrides, stream_counts
+
+    data = gpu_data(tmp_path)
+    assert data[:2] == ["stream=six", "stream.tasks=[flowers102,cifar10]"]
+    case = Case("default", "vit_tiny", "recast")  # the GPU form's streams, at the tiny backbone's 32 px
+    train, evals = stream_counts(case, run_overrides(case, data, tmp_path), {})
+    # flowers: 10 classes x (10 train, 5 val, 10 test); cifar10: 600/class train (10 % held out for val), 100 test
+    assert train == 100 + 5400
+    assert evals == (50 + 600) + 100 * 2 + 1000
