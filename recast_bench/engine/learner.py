@@ -20,6 +20,7 @@ from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
 from recast_bench.engine.device import apply_profile
 from recast_bench.engine.evaluate import accuracy, shard_for_rank
+from recast_bench.engine.features import eval_inputs, feature_cache_for, task_inputs
 from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.module import TaskModule, count
@@ -107,6 +108,7 @@ class LightningLearner:
         apply_profile(tcfg, method.ctx.family)  # a no-op for the loop's already resolved config
         self._states: dict[int, dict[str, torch.Tensor]] = {}
         self._current: int | None = None
+        self.features = feature_cache_for(method, model, tcfg)  # linear: backbone features computed once
 
     # ---- training -------------------------------------------------------------------------------------------
     def trainable(self, t: int) -> dict[str, torch.nn.Parameter]:
@@ -118,9 +120,12 @@ class LightningLearner:
         # Lightning's DistributedSampler seeds from PL_GLOBAL_SEED (else 0): under DDP every rank must shuffle
         # with the same seed (the shards partition one permutation), and that seed must be the run's.
         os.environ["PL_GLOBAL_SEED"] = str(self.seed + t)
-        train_loader = make_loader(task.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t)
-        val_loader = make_loader(task.val, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
-        self.method.on_task_start(m, t, task, train_loader)
+        inputs = task_inputs(task, t, self.seed, self.features)  # uint8 images or cached features
+        train_loader = make_loader(inputs.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t)
+        val_loader = make_loader(inputs.val, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
+        # Data-driven hooks (RoSA, InfLoRA) feed the backbone themselves: they get model-ready float images.
+        hook_loader = make_loader(task.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t, persistent=False)
+        self.method.on_task_start(m, t, task, hook_loader)
         m.add_head(t, task.num_classes)
         if self.tcfg.channels_last:  # after on_task_start and add_head: every conv weight, old and new, is NHWC
             m.to(memory_format=torch.channels_last)
@@ -139,7 +144,8 @@ class LightningLearner:
             if acc >= best["acc"]:
                 best.update(acc=acc, epoch=epoch, state=snapshot())
 
-        module = TaskModule(m, self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
+        module = TaskModule(inputs.model(m), self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
+        module.input_transform = inputs.transform
         callbacks = self.callbacks_factory(t, task) if self.callbacks_factory else []
         trainer = L.Trainer(
             max_epochs=self.tcfg.epochs,
@@ -171,7 +177,7 @@ class LightningLearner:
             if shared:
                 self.method.load_shared_state(m, shared)
         m.requires_grad_(False)
-        self.method.on_task_end(m, t, task, train_loader)
+        self.method.on_task_end(m, t, task, hook_loader)
         self._states[t] = self._task_state(t)
         self._current = t
         return {
@@ -240,10 +246,11 @@ class LightningLearner:
             self._load_task_state(t, self._states[t])
             self._current = t
         # Under DDP each rank evaluates its own shard and the counts are summed on the device (no CPU collective).
-        test, sharded = shard_for_rank(task.test)
+        test, model, transform = eval_inputs(task, self.model, self.features)
+        test, sharded = shard_for_rank(test)
         loader = make_loader(test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
         self.model.to(self.device)
         return accuracy(
-            self.model, t, loader, task.num_classes, self.device, self.tcfg.precision, bool(self.tcfg.channels_last),
-            sharded,
+            model, t, loader, task.num_classes, self.device, self.tcfg.precision, bool(self.tcfg.channels_last),
+            sharded, transform,
         )
