@@ -18,7 +18,8 @@ EXTRA ?=
 TINY ?=
 BENCH_ROOT ?= bench
 # make bench -j N: each run takes a free GPU slot (python -m recast_bench.slot): RUNS_PER_GPU concurrent runs per
-# visible GPU, CUDA_VISIBLE_DEVICES set per run; without a GPU the launcher just runs the command.
+# visible GPU, CUDA_VISIBLE_DEVICES set per run; without a GPU the launcher just runs the command. RUNS_PER_GPU=0
+# turns slots off (e.g. EXTRA="trainer.devices=4 trainer.strategy=ddp": each run uses every GPU).
 RUNS_PER_GPU ?= 1
 BENCH_COST ?= 1
 PAPER_SEEDS := 42 1998 3142592

@@ -5,7 +5,7 @@ takes the first free slot with ``flock`` (spreading runs over the GPUs before do
 ``CUDA_VISIBLE_DEVICES`` to that GPU and ``RECAST_BENCH_RUNS_PER_NODE`` to the number of slots (the GPU profile
 divides the CPUs' loader workers by it), and replaces itself with COMMAND, which inherits the locked descriptor:
 the slot is held exactly as long as the run lives, and freed by the kernel however it ends. With no slot free it
-waits. Without a GPU it runs COMMAND unchanged.
+waits. Without a GPU, or with ``--per-gpu 0`` (a DDP run that spans every GPU itself), it runs COMMAND unchanged.
 
 GPUs are those of ``CUDA_VISIBLE_DEVICES`` when set, else those ``nvidia-smi -L`` lists; torch is not imported.
 """
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         p.error("no command given")
-    if args.per_gpu < 1:
-        p.error("--per-gpu must be >= 1")
-    gpus = visible_gpus()
+    if args.per_gpu < 0:
+        p.error("--per-gpu must be >= 0")
+    gpus = visible_gpus() if args.per_gpu else []
     if not gpus:
         os.execvp(cmd[0], cmd)  # no GPU: nothing to share out
     fd, gpu, k = take_slot(gpus, args.per_gpu, args.dir or default_dir())

@@ -66,6 +66,7 @@ def test_no_gpu_runs_the_command_unchanged(tmp_path):
     out = _slot(tmp_path, "-1")
     assert out == "-1 None"  # environment untouched, no slot files
     assert not list(tmp_path.glob("*.lock"))
+    assert _slot(tmp_path, "0,1", "--per-gpu", "0") == "0,1 None"  # slots off: a DDP run sees every GPU
 
 
 def test_slurm_launcher_requeues_on_timeout():
