@@ -302,3 +302,12 @@ def test_sweep_jobs_get_the_card_beneath_the_experiment() -> None:
     cfg = _validated(raw)
     assert cfg.protocol.card == "recast" and cfg.trainer.grad_clip == 1.0 and cfg.trainer.batch_size == 128
     assert cfg.method.recast.target == "attn+mlp" and cfg.method.recast.sets == 1  # the experiment's values win
+
+
+def test_a_variant_departure_is_recorded() -> None:
+    """recast+melo with RECAST's SVD init still gets the recast+melo card, and the run says it departs from it."""
+    card = next(c for c in ROWS if c.id == "recast+melo")
+    cfg = _cli_config(card, "vit_small", ["method.recast.variant=svd"])
+    assert cfg.protocol.card == "recast+melo" and list(cfg.protocol.overridden) == ["method.recast.variant"]
+    rosa = compose_config(["method=[rosa]", "method_name=rosa", "backbone=vit_small", "method.rosa.variant=custom"])
+    assert rosa.protocol.card is None  # a variant the paper has no row for gets no card

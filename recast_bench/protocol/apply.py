@@ -81,20 +81,18 @@ def apply_card(cfg: DictConfig) -> Card | None:
                 unapplied.append(key)
                 continue
             group, known = part, _fields(METHODS.get(part).Config)
-        node = cfg.trainer if group == "trainer" else (cfg.method.get(group) if cfg.get("method") else None)
-        if node is None:
-            node = OmegaConf.create({})
-            if group == "trainer":
-                cfg.trainer = node
-            else:
-                cfg.method[group] = node
-            node = cfg.trainer if group == "trainer" else cfg.method[group]
+        parent = cfg if group == "trainer" else cfg.method
+        if parent.get(group) is None:  # e.g. ``linear: {}`` composes to None
+            parent[group] = {}
+        node = parent[group]
         if fld not in known:
             if val.apply:
                 unapplied.append(key)
             continue
-        if not val.apply:
-            continue  # set by a variant's preset: checked on the built config (tests/test_protocol_cards.py)
+        if not val.apply:  # set by a variant's preset (null in a yaml: "from the variant"); only a departure counts
+            if fld in node and node[fld] is not None and not _same(node[fld], val.value):
+                overridden.append(key)
+            continue
         if fld in node:
             if not _same(node[fld], val.value):
                 overridden.append(key)
