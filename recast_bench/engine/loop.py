@@ -165,11 +165,11 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         image_size=image_size,
         device=str(device),  # with its index: each DDP rank and each bench slot works on its own GPU
     )
+    reset_peak_memory(device)  # the peak covers the method's setup (e.g. Neural Mimicry on the GPU) too
     seed_everything(seed)
     method.setup(model)
     backbone_params = sum(p.numel() for p in model.backbone.parameters())
 
-    reset_peak_memory(device)
     res = prev or new_results(
         cfg.method_name, spec.name, cfg.stream.name, seed, [t.name for t in tasks], plain,
         fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
