@@ -12,7 +12,22 @@ unchanged ``x + drop_path2(ls2(mlp(norm2(x))))`` computes exactly the equation a
 apply to the MLP branch only, as in the official code). The original MLP's fc1/fc2 are untouched, so they may be
 RECAST's generated-weight layers (``recast+adaptformer``).
 
-Per task on ViT-S (d=384, 12 blocks): ``12 * (2*384*b + b + 384)``: b=2 -> 23,064, b=64 -> 595,200.
+Per task on ViT-S (d=384, 12 blocks): ``12 * (2*384*b + b + 384)``: b=1 -> 13,836, b=2 -> 23,064, b=64 -> 595,200.
+
+Variants (``variant``; the fields left null take the variant's values):
+
+* ``paper`` (default): the RECAST paper's rank-1 budget. Section 3: "LoRA methods used rank=1 ... Adaptformer (MLP
+  layers)", and Table 2's 6e-4 P is exactly b=1 (13,836 on ViT-S). Scale: the authors' formula ``alpha // b`` with
+  their alpha 4 (adapters/RECAST + Adaptformer.py), i.e. 4 at b=1. Dropout 0.1 after the ReLU: the official
+  AdaptFormer (ShoufaChen/AdaptFormer, ``adapter_dropout`` 0.1); the paper does not state it.
+* ``authors``: what the RECAST authors' file runs, ``AdaptMLP(r=2, alpha=4)``: b=2, scale 4 // 2 = 2, and no
+  dropout in the adapter branch (their ``_LoRA_Block`` has none): 23,064 per task = 1.05e-3 P, which does not match
+  Table 2's 6e-4 P. Select with ``method.adaptformer.variant=authors``.
+
+Where X goes in ``recast+adaptformer``: the adapter is a parallel branch beside the block's MLP; it never touches a
+weight. The authors' RECAST+AdaptFormer templates the attention (qkv) and keeps the MLP plain, so
+``conf/method/adaptformer.yaml`` sets ``recast.target: attn`` for the composite (read only by ``recast+adaptformer``;
+``method.recast.target=mlp`` on the command line puts both on the MLP).
 """
 
 from __future__ import annotations
@@ -72,19 +87,38 @@ class ParallelAdapterMLP(nn.Module):
         return self.drop_path(self.ls(self.mlp(self.norm(x)))) + self.adapter(x)
 
 
+VARIANTS: dict[str, dict[str, float]] = {
+    # RECAST paper section 3 (rank 1) and Table 2 (6e-4 P = b 1); scale = authors' alpha 4 // b; official dropout.
+    "paper": {"bottleneck": 1, "scale": 4.0, "dropout": 0.1},
+    # appledora/RECAST_ICLR25 adapters/RECAST + Adaptformer.py: AdaptMLP(r=2, alpha=4), scale alpha // r, no dropout.
+    "authors": {"bottleneck": 2, "scale": 2.0, "dropout": 0.0},
+}
+
+
 @dataclass
 class AdaptFormerConfig(MethodConfig):
-    """Defaults: the RECAST authors' setting (bottleneck 2, scale 2). AdaptFormer's own: 64, 0.1, dropout 0.1."""
+    """Defaults: the paper's rank-1 budget (``variant: paper``); ``variant: authors`` is the authors' b=2 file."""
 
-    bottleneck: int = 2
-    """RECAST authors: 2 (AdaptFormer paper: 64)."""
-    scale: float = 2.0
-    """RECAST authors: 2 (AdaptFormer paper: 0.1)."""
-    dropout: float = 0.1
-    """AdaptFormer: 0.1, after the ReLU."""
+    variant: str = "paper"
+    """paper (b 1, scale 4, dropout 0.1) | authors (b 2, scale 2, dropout 0) | custom (set all three)."""
+    bottleneck: int | None = None
+    """null: from the variant. Paper: rank 1 (Table 2's 6e-4 P); authors: 2; AdaptFormer's own default: 64."""
+    scale: float | None = None
+    """null: from the variant. Authors' formula alpha // b with alpha 4 (paper 4, authors 2); AdaptFormer's: 0.1."""
+    dropout: float | None = None
+    """null: from the variant. Official AdaptFormer 0.1 after the ReLU (paper); the authors' adapter has none."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.variant not in (*VARIANTS, "custom"):
+            raise ValueError(f"adaptformer variant must be one of {', '.join(VARIANTS)}, custom; got {self.variant!r}")
+        preset = VARIANTS.get(self.variant, {})
+        for key in ("bottleneck", "scale", "dropout"):
+            if getattr(self, key) is None:
+                if key not in preset:
+                    raise ValueError(f"adaptformer variant custom needs {key} set")
+                setattr(self, key, preset[key])
+        self.bottleneck = int(self.bottleneck)
         if self.bottleneck < 1:
             raise ValueError(f"bottleneck must be >= 1, got {self.bottleneck}")
         if self.scale == 0:

@@ -1,10 +1,13 @@
 """LoRA (Hu et al., 2021) on ViT layers, with the RECAST paper's Figure 3 techniques for tiny budgets.
 
-Each target gets ``W' = W + (alpha / r) * B A`` with ``A`` (``r x in``) kaiming-uniform(a=sqrt 5) and ``B``
+Each target gets ``W' = W + (alpha // r) * B A`` with ``A`` (``r x in``) kaiming-uniform(a=sqrt 5) and ``B``
 (``out x r``) zero, so every task starts from the pretrained (or RECAST-generated) weight. Targets are roles:
 ``q``, ``k``, ``v`` (row slices of timm's fused qkv: only those output rows change), ``proj``, ``fc1``, ``fc2``.
 Official code followed for the ViT port: JamesQFreeman/LoRA-ViT (separate A/B per Q and V slice of the fused qkv,
-added to those rows only, no scaling: ``alpha = r``).
+added to those rows only). Scale: LoRA-ViT multiplies the update by the *integer* ``alpha // r`` with default
+``alpha = 4`` (``_LoRA_qkv_timm``, since commit 0acf2ef, 2024-03-18); the RECAST authors' RECAST+MeLo
+(adapters/RECAST+MeLo.py) uses r=1, alpha=4 (scale 4). Under AdamW the scale multiplies the adapter's effective lr,
+so it is part of the protocol. ``alpha < r`` would make the integer scale 0 (adapter off) and is refused.
 
 Figure 3 ("to scale LoRA to < 150 parameters"), all config options:
 
@@ -55,6 +58,11 @@ def _mask(shape: tuple[int, ...], density: float, generator: torch.Generator) ->
     mask = torch.zeros(n)
     mask[torch.randperm(n, generator=generator)[:keep]] = 1.0
     return mask.view(shape)
+
+
+def lora_vit_scale(alpha: float, rank: int) -> float:
+    """LoRA-ViT's scale: ``alpha // r``, an integer division (``_LoRA_qkv_timm.forward``), not PEFT's ``alpha / r``."""
+    return float(alpha // rank)
 
 
 class LoRAFactors(nn.Module):
@@ -126,8 +134,9 @@ class LoRAConfig(MethodConfig):
 
     rank: int = 1
     """r. RECAST paper section 3: "LoRA methods used rank=1"."""
-    alpha: float = 1.0
-    """Scale is alpha / r; alpha = r gives LoRA-ViT's unscaled update."""
+    alpha: float = 4.0
+    """Scale is the integer alpha // r (JamesQFreeman/LoRA-ViT since 0acf2ef, default alpha 4; RECAST authors'
+    RECAST+MeLo: r=1, alpha=4). The paper does not state alpha."""
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
     """Any of q, k, v (fused-qkv slices), proj, fc1, fc2. Hu et al. / MeLo: q, v."""
     shared: bool = False
@@ -140,6 +149,8 @@ class LoRAConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_low_rank(self.rank, self.alpha)
+        if lora_vit_scale(self.alpha, self.rank) == 0:
+            raise ValueError(f"alpha // rank is 0 for alpha {self.alpha}, rank {self.rank}: use alpha >= rank")
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1] (1 = no pruning), got {self.density}")
         self.targets = list(self.targets)
@@ -160,7 +171,7 @@ class LoRA(Method):
         cfg: LoRAConfig = self.cfg  # type: ignore[assignment]
         backbone = model.backbone
         vit_blocks(backbone)
-        scale = cfg.alpha / cfg.rank
+        scale = lora_vit_scale(cfg.alpha, cfg.rank)
         mask_gen = torch.Generator().manual_seed(cfg.mask_seed)
         shared: dict[str, LoRAFactors] = {}
 

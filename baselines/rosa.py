@@ -1,22 +1,39 @@
 """RoSA (Nikdan et al., ICML 2024): robust adaptation, a low-rank plus a sparse update, on ViT layers.
 
-``y = W x + (alpha / r) B A x + S x`` with ``S`` sparse. Per layer part, the support of ``S`` is the top-k entries
-of the squared weight gradient accumulated over a few batches of the task's training data ("mean-squared" gradient
-accumulation of IST-DASLab/RoSA / peft-rosa, official code followed), with ``k = max(1, round(density * numel))``;
-the values of ``S`` start at zero, ``A`` is kaiming-uniform(a=sqrt 5) and ``B`` zero.
+``y = W x + (alpha / r) B A x + S x`` with ``S`` sparse. Official code followed: IST-DASLab/RoSA and peft-rosa
+(``tuners/rosa/scheduler.py``, the legacy ``scripts/train`` restart pipeline); ours is written independently.
+
+Per task, as the official ``wl64`` schedule with its restart (legacy yamls: "trains lora and spa the whole time,
+which means it restarts the training after grad collection"):
+
+1. **LoRA warm-up**: ``warmup_steps`` (official 64) AdamW steps of the LoRA factors on the task's real loss, through
+   the task's real head (a fresh ``num_features -> num_classes`` head registered as the task's head, trained along).
+2. **Support**: the squared gradient of each sparse part's effective weight, accumulated over ``grad_batches``
+   batches (official ``spa_num_grads`` 1, ``grad_acc_mode`` mean_squared), with the warmed-up LoRA in place; keep
+   the top ``int(density * numel)`` entries (official ``_grad_to_mask_fn``: a floor, not a rounding).
+3. **Restart**: LoRA back to its fresh init (A kaiming-uniform(a=sqrt 5), B zero), the sparse values to zero; the
+   engine then attaches a fresh head and trains LoRA, sparse values and head from there.
+
+Variants without LoRA (sparse-MLP) warm up the head alone before the gradient is taken (ours, flagged: the
+official ``spa_only`` schedule collects the gradient at step 0, where an LLM's output layer is already trained;
+our task head is new, so its gradient at step 0 would pick the support through a random classifier).
+
+A fused ``qkv`` whose Q, K and V are all targets is one module, as in the official code (it adapts whole
+``nn.Linear`` modules): one LoRA pair ``A`` (r x d), ``B`` (3d x r) and one top-k over all ``3d x d`` entries.
+Targeting only some of q, k, v adapts those row slices (ours).
 
 Port: ``S`` is stored truly sparse, as a fixed index buffer (``task_buffers``) and a value vector (the trained
-parameter), scattered into the dense ``M * V`` update at forward time, so the per-task count and storage are the
-active entries only. The gradient for the mask is taken at the task's start (adapters at zero), w.r.t. the layer's
-effective weight, with a seeded temporary linear head on the task's labels (the engine adds the task head after
-``on_task_start``); the original's optional LoRA-only warm-up before mask collection is not ported.
+parameter), scattered into the dense update at forward time, so the per-task count and storage are the active
+entries only. Optimiser: AdamW with separate learning rates for the low-rank and the sparse parts (official
+``lora_lr`` / ``lr``); see :class:`RosaConfig` for the values and their sources.
 
 Variants (``variant``), both from the RECAST paper (section 3, Table 2):
 
 * ``sparse_mlp``: no LoRA, sparse on fc1 and fc2 at density 1e-5 (the paper's 0.001%): on ViT-S each 1536x384 layer
-  keeps round(5.9) = 6 entries, 24 layers -> 144 active parameters (< 150, as the paper requires);
-* ``full`` ("Full - Att."): rank-1 LoRA plus sparse on q, k, v and proj. The density 0.0162 is our estimate from
-  Table 2's "7e-3 P" budget (about 152k on ViT-S: 36,864 LoRA + 114,672 sparse); the paper does not state it;
+  keeps int(5.9) = 5 entries, 24 layers -> 120 active parameters (< 150, as the paper requires);
+* ``full`` ("Full - Att."): rank-1 LoRA plus sparse on the fused qkv and proj. The density 0.0179 is fitted to
+  Table 2's "7e-3 P" budget (ViT-S: 27,648 LoRA + 126,684 sparse = 154,332 = 7.0e-3 P); the paper states neither
+  the targets beyond "LoRA-based attention" nor the density (flagged: fitted to the table);
 * ``custom``: set ``lora_targets``, ``sparse_targets`` and ``density`` yourself.
 """
 
@@ -30,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines._vit import (
+    QKV_PARTS,
     RowAdaptedLinear,
     check_low_rank,
     check_targets,
@@ -41,6 +59,7 @@ from baselines._vit import (
 )
 from baselines.lora import LoRAFactors
 from recast_bench.engine.method import Method, MethodConfig
+from recast_bench.engine.model import head_key
 from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
 
@@ -52,17 +71,24 @@ if TYPE_CHECKING:
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "sparse_mlp": {"lora_targets": [], "sparse_targets": ["fc1", "fc2"], "density": 1e-5},
-    "full": {"lora_targets": ["q", "k", "v", "proj"], "sparse_targets": ["q", "k", "v", "proj"], "density": 0.0162},
+    "full": {"lora_targets": ["q", "k", "v", "proj"], "sparse_targets": ["q", "k", "v", "proj"], "density": 0.0179},
 }
+FUSED = "qkv"
+"""Part name of a fused qkv adapted as one module (all of q, k, v targeted)."""
 
 
-def probe_head(num_features: int, num_classes: int, seed: int) -> nn.Linear:
-    """The temporary head giving the task loss for mask selection: nn.Linear's init range, seeded, zero bias."""
-    head = nn.Linear(num_features, num_classes)
+def sparse_count(density: float, numel: int) -> int:
+    """Active entries of a sparse part: ``int(density * numel)``, the official floor (peft-rosa _grad_to_mask_fn)."""
+    return int(density * numel)
+
+
+def seeded_head(num_features: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A task head with nn.Linear's default init ranges, drawn from ``generator`` (the global RNG is left alone)."""
+    head = nn.utils.skip_init(nn.Linear, num_features, num_classes)
+    bound = 1.0 / num_features**0.5
     with torch.no_grad():
-        g = torch.Generator().manual_seed(seed)
-        head.weight.copy_(torch.empty(head.weight.shape).uniform_(-1, 1, generator=g) / num_features**0.5)
-        head.bias.zero_()
+        head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
+        head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=generator))
     return head
 
 
@@ -72,7 +98,7 @@ class SparseDelta(nn.Module):
     def __init__(self, rows: int, cols: int, density: float) -> None:
         super().__init__()
         self.shape = (rows, cols)
-        k = max(1, round(density * rows * cols))
+        k = sparse_count(density, rows * cols)
         self.values = nn.Parameter(torch.zeros(k))
         self.register_buffer("index", torch.arange(k, dtype=torch.long))
 
@@ -110,7 +136,7 @@ class RosaLinear(RowAdaptedLinear):
             {p: SparseDelta(b - a, self.in_features, density) for p, (a, b) in self.parts.items() if p in sparse_parts}
         )
         self.probe: dict[str, torch.Tensor] | None = None
-        """Dense zero tensors added during mask selection: their gradient is the effective weight's gradient."""
+        """Dense zero tensors added during support selection: their gradient is the effective weight's gradient."""
 
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         out = rows
@@ -123,6 +149,22 @@ class RosaLinear(RowAdaptedLinear):
         return out
 
 
+def fuse_qkv(parts: dict[str, tuple[int, int]], lora: list[str], sparse: list[str]) -> tuple[dict, list, list]:
+    """Merge q, k, v into one ``qkv`` part when each adapter targets all three or none of them (official: one module).
+
+    Returns the parts and the lora / sparse part lists to build the layer with.
+    """
+    qkv = set(QKV_PARTS)
+    uniform = all(qkv <= set(t) or not qkv & set(t) for t in (lora, sparse))
+    if not (qkv <= set(parts) and uniform):
+        return parts, lora, sparse
+    fused = {p: r for p, r in parts.items() if p not in qkv}
+    fused[FUSED] = (min(parts[p][0] for p in qkv), max(parts[p][1] for p in qkv))
+    lora = [p for p in lora if p not in qkv] + ([FUSED] if qkv <= set(lora) else [])
+    sparse = [p for p in sparse if p not in qkv] + ([FUSED] if qkv <= set(sparse) else [])
+    return fused, lora, sparse
+
+
 @dataclass
 class RosaConfig(MethodConfig):
     """RoSA settings; ``variant`` fills any of lora_targets/sparse_targets/density left null."""
@@ -130,17 +172,25 @@ class RosaConfig(MethodConfig):
     variant: str = "sparse_mlp"
     """sparse_mlp | full | custom (RECAST paper Table 2 evaluates the first two)."""
     rank: int = 1
-    """RECAST paper section 3: LoRA rank 1."""
-    alpha: float = 1.0
-    """Scale alpha / r (alpha = r: unscaled)."""
+    """RECAST paper section 3: "LoRA methods used rank=1"."""
+    alpha: float = 16.0
+    """Scale alpha / r. Official: lora_alpha 16 (legacy yamls, llama3 example; peft-rosa scales alpha / r). The
+    official runs pair it with r=16 (scale 1); with the paper's r=1 the scale is 16. Paper: unstated."""
     lora_targets: list[str] | None = None
     sparse_targets: list[str] | None = None
     density: float | None = None
-    """Fraction of each sparse part's entries that train (top-k by accumulated squared gradient)."""
-    grad_batches: int = 4
-    """Training batches whose squared gradients are accumulated to choose the sparse support."""
-    probe_seed: int = 0
-    """Seed of the temporary head used for the mask gradient."""
+    """Fraction of each sparse part's entries that train (top ``int(density * numel)`` by squared gradient)."""
+    lora_lr: float | None = None
+    """Learning rate of the LoRA factors; null: ``lr``. Paper section 3: AdamW 2e-3 to 5e-3 for RoSA (one lr, taken
+    for both parts). Official (restart scripts): LORA_LR 7e-4 with LR 2e-4 for the sparse part."""
+    sparse_lr: float | None = None
+    """Learning rate of the sparse values; null: ``lr`` (paper). Official: 2e-4 (LR in the restart scripts)."""
+    warmup_steps: int = 64
+    """LoRA warm-up steps before the support is chosen: official schedule ``wl64``."""
+    grad_batches: int = 1
+    """Batches whose squared gradients choose the support: official ``spa_num_grads`` 1."""
+    head_seed: int = 0
+    """Salt of the seeded init of the warm-up head."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -160,6 +210,11 @@ class RosaConfig(MethodConfig):
         check_low_rank(self.rank, self.alpha)
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
+        for key in ("lora_lr", "sparse_lr"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0 or null, got {getattr(self, key)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.grad_batches < 1:
             raise ValueError(f"grad_batches must be >= 1, got {self.grad_batches}")
 
@@ -181,8 +236,8 @@ class Rosa(Method):
         targets = [t for t in ("q", "k", "v", "proj", "fc1", "fc2") if t in cfg.lora_targets + cfg.sparse_targets]
 
         def make(name: str, base: nn.Module, parts: dict[str, tuple[int, int]]) -> RosaLinear:
-            scale = cfg.alpha / cfg.rank
-            return RosaLinear(base, parts, cfg.lora_targets, cfg.sparse_targets, cfg.rank, scale, cfg.density)
+            parts, lora, sparse = fuse_qkv(parts, cfg.lora_targets, cfg.sparse_targets)
+            return RosaLinear(base, parts, lora, sparse, cfg.rank, cfg.alpha / cfg.rank, cfg.density)
 
         wrap_targets(model.backbone, targets, make)
         model.backbone.to(device)
@@ -190,14 +245,22 @@ class Rosa(Method):
     def _layers(self, model: TaskModel) -> dict[str, RosaLinear]:
         return modules_of(model, RosaLinear)
 
-    def task_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+    def _lora_params(self, model: TaskModel) -> dict[str, nn.Parameter]:
         out = {}
         for n, layer in self._layers(model).items():
             for p, f in layer.lora.items():
                 out[f"{n}.lora.{p}.A"], out[f"{n}.lora.{p}.B"] = f.A, f.B
-            for p, s in layer.sparse.items():
-                out[f"{n}.sparse.{p}.values"] = s.values
         return out
+
+    def _sparse_params(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        return {
+            f"{n}.sparse.{p}.values": s.values
+            for n, layer in self._layers(model).items()
+            for p, s in layer.sparse.items()
+        }
+
+    def task_parameters(self, model: TaskModel) -> dict[str, nn.Parameter]:
+        return {**self._lora_params(model), **self._sparse_params(model)}
 
     def task_buffers(self, model: TaskModel) -> dict[str, torch.Tensor]:
         return {
@@ -206,46 +269,89 @@ class Rosa(Method):
             for p, s in layer.sparse.items()
         }
 
-    def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
-        layers = self._layers(model)
+    def param_hparams(self, model: TaskModel) -> dict[str, tuple[float, float]]:
+        """Separate learning rates for the low-rank and the sparse parts (official ``lora_lr`` and ``lr``)."""
+        cfg: RosaConfig = self.cfg  # type: ignore[assignment]
+        out = {n: (cfg.lora_lr or cfg.lr, cfg.weight_decay) for n in self._lora_params(model)}
+        out.update({n: (cfg.sparse_lr or cfg.lr, cfg.weight_decay) for n in self._sparse_params(model)})
+        return out
+
+    def _restart(self, layers: dict[str, RosaLinear], task_index: int) -> None:
+        """Fresh LoRA (seeded by run seed, task and layer: the same init before and after the warm-up), zero S."""
         for i, layer in enumerate(layers.values()):
             g = task_generator(self.ctx.seed, task_index, i)
             for f in layer.lora.values():
                 f.reset(g)
-            for s in layer.sparse.values():
-                with torch.no_grad():
+            with torch.no_grad():
+                for s in layer.sparse.values():
                     s.values.zero_()
-        if any(layer.sparse for layer in layers.values()):
-            self._select_support(model, layers, task, train_loader)
 
-    def _select_support(self, model: TaskModel, layers: dict[str, RosaLinear], task: Task, loader: DataLoader) -> None:
-        """Top-k of the squared effective-weight gradients accumulated over ``grad_batches`` training batches."""
+    def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
+        layers = self._layers(model)
+        self._restart(layers, task_index)
+        if not any(layer.sparse for layer in layers.values()):
+            return  # LoRA only: nothing to choose
+        scores = self._warm_up_and_collect(model, layers, task_index, task, train_loader)
+        for (n, p), score in scores.items():
+            layers[n].sparse[p].select(score)
+        self._restart(layers, task_index)
+
+    def _warm_up_and_collect(
+        self, model: TaskModel, layers: dict[str, RosaLinear], task_index: int, task: Task, loader: DataLoader
+    ) -> dict[tuple[str, str], torch.Tensor]:
+        """Steps 1 and 2 of the module docstring; returns the accumulated squared gradient of each sparse part."""
         cfg: RosaConfig = self.cfg  # type: ignore[assignment]
         device = work_device(model, self.ctx.device)
-        probes: dict[tuple[str, str], torch.Tensor] = {}
-        for n, layer in layers.items():
-            layer.probe = {}
-            for p, s in layer.sparse.items():
-                layer.probe[p] = probes[(n, p)] = torch.zeros(s.shape, device=device, requires_grad=True)
-        head = probe_head(int(model.num_features), int(task.num_classes), cfg.probe_seed).to(device)
-        acc = {k: torch.zeros_like(v) for k, v in probes.items()}
+        gen = task_generator(self.ctx.seed, task_index, 7919 + cfg.head_seed)
+        head = seeded_head(int(model.num_features), int(task.num_classes), gen).to(device)
+        model.heads[head_key(task_index)] = head  # the task's head (the engine attaches a fresh one afterwards)
+        lora = list(self._lora_params(model).values())
+        groups = [{"params": list(head.parameters()), "lr": cfg.head_lr or cfg.lr}]
+        if lora:
+            groups.append({"params": lora, "lr": cfg.lora_lr or cfg.lr})
+        trained = [p for g in groups for p in g["params"]]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        batches = _cycle(loader, task)
         was_training = model.training
-        model.eval()  # no dropout: the support depends on data and seed only
-        batches = 0
+        model.requires_grad_(False)  # only the explicit inputs below get gradients (the engine re-freezes after us)
+        for p in trained:
+            p.requires_grad_(True)
+        model.train()
+        probes: dict[tuple[str, str], torch.Tensor] = {}
         try:
-            for x, y in loader:
-                if batches >= cfg.grad_batches:
-                    break
+            for _ in range(cfg.warmup_steps):
+                x, y = next(batches)
                 loss = F.cross_entropy(head(model.backbone(x.to(device))), y.to(device))
-                grads = torch.autograd.grad(loss, list(probes.values()))
-                for k, gr in zip(probes, grads):
-                    acc[k] += gr.detach() ** 2
-                batches += 1
+                for p, g in zip(trained, torch.autograd.grad(loss, trained), strict=True):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for n, layer in layers.items():
+                layer.probe = {}
+                for p, s in layer.sparse.items():
+                    layer.probe[p] = probes[(n, p)] = torch.zeros(s.shape, device=device, requires_grad=True)
+            acc = {k: torch.zeros_like(v) for k, v in probes.items()}
+            for _ in range(cfg.grad_batches):
+                x, y = next(batches)
+                loss = F.cross_entropy(head(model.backbone(x.to(device))), y.to(device))
+                for k, g in zip(probes, torch.autograd.grad(loss, list(probes.values())), strict=True):
+                    acc[k] += g.detach() ** 2
         finally:
             for layer in layers.values():
                 layer.probe = None
+            for p in trained:
+                p.requires_grad_(False)
+                p.grad = None
             model.train(was_training)
-        if batches == 0:
+        return {k: v / cfg.grad_batches for k, v in acc.items()}
+
+
+def _cycle(loader: DataLoader, task: Task):  # noqa: ANN202 (a generator of batches)
+    """Batches of ``loader`` without end (a new pass when one ends); refuses an empty loader with one clear line."""
+    while True:
+        seen = False
+        for batch in loader:
+            seen = True
+            yield batch
+        if not seen:
             raise UserError(f"task {task.name!r} has no training batch to choose RoSA's sparse support from")
-        for (n, p), score in acc.items():
-            layers[n].sparse[p].select(score / batches)

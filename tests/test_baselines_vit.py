@@ -16,7 +16,7 @@ from baselines.adaptformer import AdaptFormerConfig, ParallelAdapterMLP
 from baselines.dora import DoRALinear
 from baselines.inflora import InfLoRAQKV, dualgpm_update
 from baselines.lora import LoRAConfig, LoRAFactors, LoRALinear
-from baselines.rosa import RosaConfig, RosaLinear, SparseDelta, probe_head
+from baselines.rosa import RosaConfig, RosaLinear, SparseDelta
 from recast_bench.backbones import build_backbone
 from recast_bench.data.stream import Task
 from recast_bench.engine.build import build_method
@@ -43,13 +43,15 @@ def _setup(model: TaskModel, name: str, overrides: dict | None = None):  # noqa:
 @pytest.mark.parametrize(
     ("name", "overrides", "expected"),
     [
-        ("melo", {}, 18_432),  # 12 blocks * (Q + V) * (384 + 384)
-        ("adaptformer", {"bottleneck": 2}, 23_064),  # 12 * (2*384*2 + 2 + 384)
-        ("adaptformer", {"bottleneck": 64}, 595_200),  # 12 * (2*384*64 + 64 + 384)
-        ("dora", {}, 27_648),  # 12 * 2 * (384 + 384 + 384)
-        ("dora", {"targets": ["q", "k", "v"]}, 41_472),
-        ("inflora", {}, 92_160),  # trained B only: 12 * 2 * 384 * 10
-        ("rosa", {"variant": "sparse_mlp"}, 144),  # 24 MLP layers * round(1e-5 * 589,824) = 6
+        ("melo", {}, 18_432),  # 12 blocks * (Q + V) * (384 + 384) = 8.4e-4 P (Table 2: 8e-4 P)
+        ("adaptformer", {}, 13_836),  # paper variant, b=1: 12 * (2*384 + 1 + 384) = 6.3e-4 P (Table 2: 6e-4 P)
+        ("adaptformer", {"variant": "authors"}, 23_064),  # the authors' b=2: 12 * (2*384*2 + 2 + 384)
+        ("adaptformer", {"bottleneck": 64}, 595_200),  # AdaptFormer's own b=64: 12 * (2*384*64 + 64 + 384)
+        ("dora", {}, 41_472),  # Q, K, V: 12 * 3 * (384 + 384 + 384) = 1.88e-3 P (Table 2: 1.9e-3 P)
+        ("dora", {"targets": ["q", "v"]}, 27_648),
+        ("inflora", {}, 46_080),  # trained B only, rank 5: 12 * 2 * 384 * 5 = 2.09e-3 P (Table 2: 2e-3 P per task)
+        ("inflora", {"rank": 10}, 92_160),  # the official rank: twice the paper's budget
+        ("rosa", {"variant": "sparse_mlp"}, 120),  # 24 MLP layers * int(1e-5 * 589,824) = 5: < 150 (paper)
         ("lora", {"rank": 1, "targets": ["q", "v"], "shared": True}, 1_536),  # one pair per role for all blocks
     ],
 )
@@ -60,9 +62,33 @@ def test_analytical_counts_vit_small(vit_small, name, overrides, expected) -> No
 
 def test_rosa_sparse_mlp_is_under_150_and_full_matches_budget(vit_small) -> None:
     model, method = _setup(vit_small, "rosa", {"variant": "full"})
-    # 36,864 LoRA (q, k, v, proj, r=1) + 12 * 4 * round(0.0162 * 147,456) sparse.
-    assert trainable_count(method, model) == 36_864 + 12 * 4 * round(0.0162 * 147_456)
-    assert RosaConfig().density == 1e-5 and 144 < 150
+    qkv = model.backbone.blocks[0].attn.qkv
+    assert list(qkv.parts) == ["qkv"] and qkv.lora["qkv"].B.shape == (1152, 1)  # fused qkv: one module (official)
+    # LoRA r=1 on the fused qkv (384 + 1152) and proj (384 + 384), plus the floored top-k of both (official).
+    expected = 12 * (1536 + 768) + 12 * (int(0.0179 * 442_368) + int(0.0179 * 147_456))
+    assert trainable_count(method, model) == expected == 154_332
+    p_vit_small = sum(p.numel() for p in vit_small.parameters()) + 384 * 1000 + 1000  # with the ImageNet head
+    assert abs(expected / p_vit_small - 7e-3) < 1e-4  # Table 2: 7e-3 P (the density is fitted to it)
+    model, method = _setup(vit_small, "rosa", {})
+    assert RosaConfig().density == 1e-5 and trainable_count(method, model) == 120 < 150
+
+
+def test_melo_scale_is_lora_vits_integer_alpha_over_r(vit_small) -> None:
+    model, _ = _setup(vit_small, "melo")
+    assert {m.scale for m in model.modules() if isinstance(m, LoRALinear)} == {4.0}  # alpha 4 // r 1 (authors)
+    model, _ = _setup(vit_small, "lora", {"rank": 3, "alpha": 4})
+    assert {m.scale for m in model.modules() if isinstance(m, LoRALinear)} == {1.0}  # 4 // 3, not 4 / 3
+    with pytest.raises(ValueError, match="alpha // rank is 0"):
+        LoRAConfig(rank=8, alpha=4)
+
+
+def test_adaptformer_variants_and_scale(vit_small) -> None:
+    paper, authors = AdaptFormerConfig(), AdaptFormerConfig(variant="authors")
+    assert (paper.bottleneck, paper.scale, paper.dropout) == (1, 4.0, 0.1)  # rank 1; authors' 4 // b; official
+    assert (authors.bottleneck, authors.scale, authors.dropout) == (2, 2.0, 0.0)  # adapters/RECAST + Adaptformer.py
+    model, _ = _setup(vit_small, "adaptformer")
+    ad = model.backbone.blocks[0].mlp.adapter
+    assert (ad.down.out_features, ad.scale, ad.dropout) == (1, 4.0, 0.1)
 
 
 def test_lora_pruning_counts_only_unmasked_entries(vit_small) -> None:
@@ -236,7 +262,7 @@ def test_rosa_equation_and_gradient_chosen_support() -> None:
     base = nn.Linear(6, 5)
     layer = RosaLinear(base, {"all": (0, 5)}, ["all"], ["all"], rank=2, scale=0.5, density=0.2)
     sp = layer.sparse["all"]
-    assert sp.values.numel() == 6  # round(0.2 * 30)
+    assert sp.values.numel() == 6  # int(0.2 * 30)
     with torch.no_grad():
         layer.lora["all"].A.normal_()
         layer.lora["all"].B.normal_()
@@ -260,19 +286,21 @@ def _tiny_task(n: int = 24, classes: int = 3, size: int = 32) -> Task:
     return Task("t", classes, ds, ds, ds)
 
 
-def test_rosa_support_is_top_k_of_accumulated_squared_weight_gradient() -> None:
+def test_rosa_support_is_top_k_of_squared_weight_gradient_through_the_task_head() -> None:
     bb, _, _ = build_backbone("vit_tiny", allow_random_init=True)
     model = TaskModel(bb, bb.num_features).eval()
     ref = copy.deepcopy(model)
-    cfg = {"variant": "custom", "lora_targets": [], "sparse_targets": ["fc1"], "density": 0.001, "grad_batches": 2}
-    method = build_method("rosa", {"rosa": cfg}, "vit")
+    cfg = {"variant": "custom", "lora_targets": [], "sparse_targets": ["fc1"], "density": 0.001}
+    method = build_method("rosa", {"rosa": {**cfg, "warmup_steps": 0, "grad_batches": 2}}, "vit")
     method.setup(model)
     task = _tiny_task()
     loader = DataLoader(task.train, batch_size=8)
     method.on_task_start(model, 0, task, loader)
-    head = probe_head(model.num_features, task.num_classes, 0)
+    head = model.heads["t0"]  # the task's own head (seeded), not a throw-away probe
+    assert head.out_features == task.num_classes
     weights = [blk.mlp.fc1.weight for blk in ref.backbone.blocks]
     acc = [torch.zeros_like(w) for w in weights]
+    ref.train()
     for i, (x, y) in enumerate(loader):
         if i == 2:
             break
@@ -280,8 +308,40 @@ def test_rosa_support_is_top_k_of_accumulated_squared_weight_gradient() -> None:
         acc = [a + g**2 for a, g in zip(acc, grads)]
     for blk, a in zip(model.backbone.blocks, acc):
         sp = blk.mlp.fc1.sparse["fc1"]
-        assert sp.values.numel() == round(0.001 * a.numel())
+        assert sp.values.numel() == int(0.001 * a.numel())  # official floor
         assert set(sp.index.tolist()) == set(a.flatten().topk(sp.values.numel()).indices.tolist())
+
+
+def test_rosa_full_chooses_its_support_after_a_lora_warm_up_then_restarts() -> None:
+    bb, _, _ = build_backbone("vit_tiny", allow_random_init=True)
+    base = TaskModel(bb, bb.num_features).eval()
+    task = _tiny_task(n=32)
+    supports, loras = {}, {}
+    for steps in (0, 6):
+        model = copy.deepcopy(base)
+        method = build_method("rosa", {"rosa": {"variant": "full", "warmup_steps": steps, "lr": 5e-2}}, "vit")
+        method.ctx = RunContext(seed=0)
+        method.setup(model)
+        method.on_task_start(model, 0, task, DataLoader(task.train, batch_size=8))
+        layers = [m for m in model.modules() if isinstance(m, RosaLinear)]
+        supports[steps] = torch.cat([s.index for m in layers for s in m.sparse.values()])
+        loras[steps] = [(f.A.clone(), f.B.clone()) for m in layers for f in m.lora.values()]
+        assert all(not p.requires_grad for p in model.parameters())  # nothing left trainable behind the engine
+        assert all(float(s.values.abs().sum()) == 0 for m in layers for s in m.sparse.values())
+    # The warm-up trains LoRA and the head on the task's loss, so the gradient and hence the support change ...
+    assert not torch.equal(supports[0], supports[6])
+    # ... and afterwards the adapters restart: the same fresh LoRA with or without the warm-up, B = 0.
+    for (a0, _), (a6, b6) in zip(loras[0], loras[6], strict=True):
+        assert torch.equal(a0, a6) and not b6.any()
+
+
+def test_rosa_trains_low_rank_and_sparse_parts_at_their_own_lr(vit_small) -> None:
+    model, method = _setup(vit_small, "rosa", {"variant": "full", "lora_lr": 7e-4, "sparse_lr": 2e-4})
+    hp = method.param_hparams(model)
+    assert {v for k, v in hp.items() if ".lora." in k} == {(7e-4, 1e-6)}
+    assert {v for k, v in hp.items() if k.endswith(".values")} == {(2e-4, 1e-6)}
+    default = _setup(vit_small, "rosa", {"variant": "full"})
+    assert set(default[1].param_hparams(default[0]).values()) == {(2e-3, 1e-6)}  # paper: one lr
 
 
 def test_inflora_designed_a_avoids_earlier_subspace_and_only_k_v_change() -> None:
