@@ -20,7 +20,9 @@ ResNet specifics (what the official code does not cover):
   mask: ``max`` over the gates feeding the stream (``max(a_bn2, a_downsample)`` after a projection block,
   ``max(a_bn2, stream_in)`` after an identity block). Gradient masks use those stream masks as ``a_prev[i]``.
 * **Per-task BatchNorm.** BN affine parameters and running statistics are task state (trained per task, restarted
-  from the pretrained BN); only the convs are shared.
+  from the pretrained BN); only the convs are shared. This is our addition and necessary: the official models have
+  no BN, and a BN shared across tasks would change every earlier task's activations, which the gradient masks
+  cannot prevent.
 
 State: task parameters are the current task's embeddings and BN; shared parameters are the conv weights; the
 cumulative masks are shared buffers (saved for resume). Gates at ``smax`` are not exactly binary for embeddings
@@ -61,7 +63,14 @@ class HatConfig(MethodConfig):
     """HAT settings; defaults from the official ``src/approaches/hat.py``."""
 
     lr: float = 0.05
-    """hat.py ``lr=0.05``."""
+    """hat.py ``lr=0.05``.
+
+    Schedule, a flagged departure: the official ``Appr.train`` divides the lr by 3 (``lr_factor``) after 5 epochs
+    (``lr_patience``) without a lower validation *loss*, stops the task once the lr falls below 1e-4 (``lr_min``)
+    and restores the weights of the lowest validation loss. The engine here runs every Lightning method with the
+    paper's section-3 schedule instead (StepLR x0.1 every 33 of the paper's 100 epochs, "default hyperparameters
+    ... trained for 100 epochs") and selects the epoch by validation accuracy; a per-method plateau schedule with
+    early stop and loss-based selection needs engine hooks that do not exist yet."""
     optimizer: str = "sgd"
     """hat.py: ``torch.optim.SGD`` without momentum."""
     momentum: float = 0.0
@@ -247,8 +256,12 @@ class Hat(Method):
         with torch.no_grad():
             for name, mask in self._grad_masks.items():
                 p = model.backbone.get_parameter(name)
-                if p.grad is not None:
-                    p.grad.mul_(mask.to(p.grad.device))
+                if p.grad is None:
+                    continue
+                if mask.device != p.grad.device:
+                    # Built at task start, before Lightning moves the model: move once and keep it there, not per step.
+                    mask = self._grad_masks[name] = mask.to(p.grad.device)
+                p.grad.mul_(mask)
             for g in self.gates(model).values():
                 e = g.embedding
                 if e.grad is None:

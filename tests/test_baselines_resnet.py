@@ -13,6 +13,7 @@ from baselines.hat import GatedBatchNorm, Hat, HatConfig, resnet_topology
 from baselines.piggyback import Binarize, Piggyback, PiggybackConfig, PiggybackLayer, pack_bits, unpack_bits
 from recast_bench.backbones.resnet import build_resnet34, build_resnet_tiny
 from recast_bench.engine.build import build_method
+from recast_bench.engine.learner import trainable_count
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
 from recast_bench.registry import METHODS, load_all
@@ -33,9 +34,23 @@ def make(cls: type, cfg: object, model: TaskModel) -> object:
 
 
 # ---- analytical counts on the real ResNet-34 architecture (random weights) -----------------------------------
+def test_clr_default_count_resnet34_is_tables_4e3_p() -> None:
+    backbone = build_resnet34()
+    p_resnet34 = sum(p.numel() for p in backbone.parameters()) + 512 * 1000 + 1000  # with the ImageNet head
+    model = TaskModel(backbone, 512)
+    clr = make(Clr, ClrConfig(), model)  # official default Ghost_reduced_v1: no 1x1 convs
+    counts = clr.count_breakdown(model)
+    assert counts == {"reprogram": 68_544, "bn": 17_024}  # 7,616 channels * 9; BN affine 2 * 8,512
+    assert trainable_count(clr, model) == 85_568
+    # Table 1: CLR 4e-3 P. 85,568 = 3.93e-3 P; all convs (93,632) would be 4.30e-3 P, also "4e-3" at one digit but
+    # further off: the official default (Ghost_reduced_v1) is the deciding source, the table only agrees with it.
+    assert f"{85_568 / p_resnet34:.0e}" == "4e-03"
+    assert abs(85_568 / p_resnet34 - 4e-3) < abs(93_632 / p_resnet34 - 4e-3)
+
+
 def test_clr_count_resnet34_all_convs_is_76608() -> None:
     model = TaskModel(build_resnet34(), 512)
-    clr = make(Clr, ClrConfig(), model)
+    clr = make(Clr, ClrConfig(skip_1x1=False), model)
     counts = clr.count_breakdown(model)
     # 8,512 output channels over stem, 32 block convs and 3 downsample convs, one 3x3 kernel each.
     assert counts["reprogram"] == 76_608
@@ -47,6 +62,7 @@ def test_clr_reduced_variant_skips_1x1() -> None:
     model = TaskModel(build_resnet34(), 512)
     clr = make(Clr, ClrConfig(skip_1x1=True), model)
     assert clr.count_breakdown(model)["reprogram"] == 76_608 - 9 * (128 + 256 + 512)
+    assert not any(".downsample." in n for n in clr.layers(model))
 
 
 def test_piggyback_count_is_number_of_conv_weights_resnet34() -> None:
@@ -177,6 +193,46 @@ def test_clr_trains_bn_per_task_and_restarts_each_task() -> None:
     assert torch.equal(model(x, 0), fresh(x, 0))
     loss = clr.training_loss(model, torch.tensor(0.0), None, None)
     assert loss.item() > 0  # the official L2-norm penalty
+    # It covers the running task's classifier too (official reg_params: fc + BN + kernels).
+    model.active_task = 0
+    head = model.heads["t0"]
+    norms = [p.norm() for p in clr.task_parameters(model).values()] + [head.weight.norm(), head.bias.norm()]
+    torch.testing.assert_close(loss, clr.cfg.reg_lambda * torch.stack(norms).sum())
+    with torch.no_grad():
+        head.weight.mul_(3.0)
+    assert clr.training_loss(model, torch.tensor(0.0), None, None) > loss
+
+
+class _GeneratedConv(nn.Module):
+    """A conv whose weight is computed (as RECAST's ReparamConv2d): not an nn.Conv2d."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        for a in ("stride", "padding", "dilation", "groups", "in_channels", "out_channels", "kernel_size", "bias"):
+            setattr(self, a, getattr(conv, a))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight * 1.0
+
+
+def test_piggyback_recast_authors_init_on_generated_and_plain_convs() -> None:
+    gen = PiggybackLayer(_GeneratedConv(nn.Conv2d(16, 32, 3)), 1e-2, 5e-3, init="recast_authors")
+    plain = PiggybackLayer(nn.Conv2d(16, 32, 3), 1e-2, 5e-3, init="recast_authors")
+    for layer in (gen, plain):
+        layer.reset_mask(torch.Generator().manual_seed(0))
+    # Generated: U(-1e-2, 1e-2) + 5e-3 against a threshold drawn from U(-5e-3, 5e-3): many weights start off.
+    assert gen.generated and float(gen.mask.min()) >= -5e-3 and float(gen.mask.max()) <= 1.5e-2
+    assert abs(gen.threshold) <= 5e-3 and 0.2 < float(gen.binary_mask().float().mean()) < 0.8
+    # Plain (the authors' state-dict loader): U(0.49, 0.51) against threshold 0, all on and far from flipping.
+    assert not plain.generated and plain.threshold == 0.0 and float(plain.mask.min()) >= 0.49
+    bits = gen.binary_mask()
+    gen.set_binary_mask(bits)
+    assert torch.equal(gen.binary_mask(), bits)
+    model = tiny_model()
+    pb = make(Piggyback, PiggybackConfig(), model)  # init auto, no generated layer: the official init
+    assert {m.init for m in pb.layers(model).values()} == {"official"}
 
 
 # ---- HAT -----------------------------------------------------------------------------------------------------------
@@ -313,6 +369,9 @@ def test_recast_plus_adapter_builds_and_trains(adapter: str, tmp_path) -> None: 
     assert coeffs and own
     # The adapter wrapped the generated-weight layer: the coefficients live under the adapter's ``base``.
     assert any(".base.coefficients" in k for k in coeffs)
+    if adapter == "piggyback":  # init auto: the authors' RECAST+Piggyback init, since a masked weight is generated
+        layers = [m for m in model.modules() if isinstance(m, PiggybackLayer)]
+        assert {m.init for m in layers} == {"recast_authors"} and any(m.generated for m in layers)
     model.requires_grad_(False)
     for p in [*params.values(), *model.heads.parameters()]:
         p.requires_grad_(True)
