@@ -186,10 +186,19 @@ def merge_dicts(dicts: Iterable[dict]) -> dict:
 
 
 class CompositeMethod(Method):
-    """``recast+X``: RECAST generates the weights and X adapts them; both train per task.
+    """``recast+X``: RECAST re-generates its target layers and X adapts the network; both train per task.
 
-    Setup runs in order (RECAST surgery first, so X wraps the generated-weight layers); state and hooks are the
-    union of both. X must read its base layer's ``weight`` at forward time, which is what makes this generic.
+    Setup runs in order (RECAST surgery first); state and hooks are the union of both. X reads its base layer's
+    ``weight`` at forward time, so X acts on ``W_recast`` exactly when X's layers are among RECAST's targets:
+
+    * ResNet (RECAST on block convs): Piggyback masks the generated weight (``W_recast * M``) and CLR reprograms
+      ``conv(x, W_recast)``; on the plain stem, block-0 and downsample convs they act on pretrained weights.
+    * ViT, RECAST ``target=mlp`` (paper default): LoRA, MeLo, DoRA, InfLoRA and RoSA-full adapt the *plain* qkv, i.e.
+      beside RECAST, not on ``W_recast`` (as the authors' RECAST+MeLo). RoSA sparse-MLP adds its sparse delta to the
+      generated fc1/fc2. With ``target=attn`` the qkv adapters act on the generated qkv.
+    * AdaptFormer never touches a weight: its adapter runs beside the MLP. ``recast+adaptformer`` uses RECAST
+      ``target=attn`` (set in conf/method/adaptformer.yaml, the authors' setting), so the adapter sits beside a
+      plain MLP.
     """
 
     def __init__(self, parts: list[Method]) -> None:
