@@ -388,3 +388,21 @@ def test_recast_plus_adapter_builds_and_trains(adapter: str, tmp_path) -> None: 
     assert sum(int(torch.count_nonzero(p.grad)) for p in own.values()) > 0
     frozen = [n for n, p in model.named_parameters() if p.grad is not None and n not in params]
     assert all(n.startswith("heads.") for n in frozen), frozen
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_piggyback_packing_and_hat_grad_masks_stay_on_the_gpu() -> None:
+    model = tiny_model().cuda()
+    pb = make(Piggyback, PiggybackConfig(), model)
+    state = pb.task_state(model)  # taken at every validation improvement: no host round trip of the mask
+    assert all(v.is_cuda and v.dtype == torch.uint8 for v in state.values())
+    pb.load_task_state(model, state)
+    assert torch.equal(pb.task_state(model)[next(iter(state))], state[next(iter(state))])
+    model = tiny_model()
+    hat = make(Hat, HatConfig(), model)
+    hat.on_task_start(model, 0, None, None)  # masks built before Lightning moves the model
+    model.cuda().train()
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32, device="cuda"), 0), torch.tensor([0, 1, 2, 0]).cuda()).backward()
+    hat.on_after_backward(model)
+    assert all(m.is_cuda for m in hat._grad_masks.values())  # moved once, reused every later step
