@@ -221,3 +221,21 @@ def test_lock_same_host_dead_pid_and_requeued_job_are_stale(tmp_path, monkeypatc
     _write_lock(tmp_path, host="node-c", pid=1, job="17", heartbeat=time.time())
     with pytest.raises(UserError, match="in use"):
         RunLock(tmp_path).acquire()
+
+
+def test_gpu_profile_end_to_end_on_the_cpu(run_args, tmp_path):
+    # Every setting of the GPU profile that a CPU can run: bf16 autocast (train, val and test), persistent loader
+    # workers, deterministic=warn, TF32 matmul precision, channels_last on a ResNet.
+    out = tmp_path / "gpuprofile"
+    extra = ["trainer.profile=gpu", "trainer.num_workers=1", "trainer.epochs=1"]
+    try:
+        assert main(run_args("finetune", backbone="resnet_tiny", out=out, extra=extra)) == 0
+    finally:  # process-wide settings: leave them as the CPU profile has them
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
+    r = _results(out)
+    assert r["status"] == "complete" and r["precision"] == "bf16-mixed" and r["profile"]["name"] == "gpu"
+    p = r["profile"]
+    assert p["deterministic"] == "warn" and p["channels_last"] is True and p["persistent_workers"] is True
+    assert p["matmul_precision"] == "high" and p["num_workers"] == 1
+    assert all(0.0 <= a <= 100.0 for row in r["acc_matrix"] for a in row if a is not None)
