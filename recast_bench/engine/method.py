@@ -81,6 +81,9 @@ class Method:
     """True when training task t leaves every earlier task's outputs bit-for-bit unchanged."""
     runner: ClassVar[str] = "lightning"
     """``lightning`` (our engine) or ``avalanche`` (the method supplies its own learner)."""
+    frozen_backbone_features: ClassVar[bool] = False
+    """True when nothing before the head trains or adapts (``linear``): the engine then trains the head on backbone
+    features computed once per backbone for both flips (``engine/features.py``), not on images."""
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
