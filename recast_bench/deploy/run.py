@@ -35,7 +35,8 @@ def _normalization(task: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:  #
     """The task's input normalisation: its own attributes if the data layer sets them, else its eval transform's."""
     from recast_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    mean, std = getattr(task, "mean", None), getattr(task, "std", None)
+    source = getattr(task, "batch_transform", None) or task
+    mean, std = getattr(source, "mean", None), getattr(source, "std", None)
     if mean is not None and std is not None:
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
     ds = task.test
@@ -74,10 +75,14 @@ class LoadedRun:
         self._build()
         if pack is None:
             self._load_task_dirs()
-        else:
+        else:  # the shared backbone from the run, every task's own state and head from the pack
             from recast_bench.deploy.pack import read_pack
+            from recast_bench.engine.loop import SHARED, task_dir
 
             self.states = read_pack(pack, self)
+            self.learner.load_shared(task_dir(self.dir, self.tasks[-1].name) / SHARED)
+            for info in self.tasks:
+                self.model.add_head(info.index, info.num_classes)
         self.active: int | None = None
 
     # ---- building -------------------------------------------------------------------------------------------
@@ -174,14 +179,13 @@ class LoadedRun:
         return model(x, self.task(task).index)
 
     def evaluate(self, task: str) -> float:
-        """Test accuracy (%) of ``task`` with its restored state: the run's own evaluation."""
-        from recast_bench.engine.evaluate import accuracy
-        from recast_bench.engine.learner import make_loader
-
-        self.activate(task)
-        info, data = self.task(task), self.tasks_data[self.task(task).index]
-        loader = make_loader(data.test, self.learner.tcfg.eval_batch_size, False, self.learner.tcfg, self.learner.seed)
-        return accuracy(self.model, info.index, loader, info.num_classes, torch.device("cpu"))
+        """Test accuracy (%) of ``task`` with its restored state, computed by the run's own evaluation code."""
+        info = self.task(task)
+        self.learner._states = self.states  # the learner restores from these (a pack's, or the run's files)
+        self.learner._current = None
+        acc = self.learner.evaluate(info.index, self.tasks_data[info.index])
+        self.active = info.index
+        return acc
 
     def predict(
         self,
