@@ -251,6 +251,13 @@ class LightningLearner:
         loader = make_loader(test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
         self.model.to(self.device)
         return accuracy(
-            model, t, loader, task.num_classes, self.device, self.tcfg.precision, bool(self.tcfg.channels_last),
-            sharded, transform,
+            model,
+            t,
+            loader,
+            task.num_classes,
+            self.device,
+            self.tcfg.precision,
+            bool(self.tcfg.channels_last),
+            sharded,
+            transform,
         )
