@@ -133,7 +133,12 @@ def label_of(res: dict) -> str:
 
 
 # Config keys that differ between seeds of one setting, or only change where/how a run is shown.
-_NOT_SETTINGS = {"seed", "out", "logger", "paths", "progress_bar", "num_workers", "method_name", "protocol"}
+# Keys that say where or how a run executed, not what it computed: seeds of one setting run on different machines
+# (other worker counts, pinning, profile names) still group together. Precision and determinism are settings.
+_NOT_SETTINGS = {
+    "seed", "out", "logger", "paths", "progress_bar", "num_workers", "persistent_workers", "pin_memory", "profile",
+    "resolved_profile", "method_name", "protocol",
+}  # fmt: skip
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
