@@ -24,6 +24,9 @@ from recast_bench.recast.mimicry import MimicConfig, MimicResult, neural_mimicry
 from recast_bench.recast.surgery import RecastPlan
 
 FORMAT_VERSION = 1
+ALGORITHM_VERSION = 2
+"""Bumped whenever Neural Mimicry computes something else for the same settings (2: the authors' per-set init, qkv
+fan_out, VAE as in their notebook, scaled SVD), so older cache entries are never reused."""
 TENSORS = "recast.safetensors"
 CONFIG = "recast.json"
 
@@ -74,7 +77,12 @@ def cache_key(targets: dict[str, torch.Tensor], plan: RecastPlan, cfg: MimicConf
         t = targets[name].detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    settings = {"v": FORMAT_VERSION, "plan": plan.to_dict(), "mimic": cfg.resolved(plan.family).cache_dict()}
+    settings = {
+        "v": FORMAT_VERSION,
+        "algorithm": ALGORITHM_VERSION,
+        "plan": plan.to_dict(),
+        "mimic": cfg.resolved(plan.family).cache_dict(),
+    }
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 
