@@ -335,3 +335,18 @@ def test_real_architectures_merge_into_stock_models(tmp_path, method):
     plain.load_state_dict(state, strict=True)
     with torch.no_grad():
         assert (plain(x) - expected).abs().max() <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_pack_benchmark_writes_sizes_and_switch_times(tmp_path):
+    """The benchmark's JSON (figures are measured, not asserted): RECAST ViT-S ships 96 coefficients, < 1 KB."""
+    from recast_bench.deploy.bench import SIX_CLASSES
+    from recast_bench.deploy.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    bench(["--out", str(out), "--backbone", "vit_small", "--methods", "recast", "--repeats", "3"])
+    r = json.loads(out.read_text())["methods"]["recast"]
+    assert r["state_numbers_per_task"] == 96 and r["state_bytes_per_task"] == 384 < 1024
+    assert r["pack"]["tasks"] == len(SIX_CLASSES)
+    heads = sum((384 + 1) * c * 4 for c in SIX_CLASSES.values())
+    assert r["pack"]["file_bytes"] > 6 * 384 + heads and r["switch_ms"] > 0 and r["forward_ms"] > 0

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", default="vit_small", help="backbone (default: vit_small, random weights)")
     p.add_argument("--methods", nargs="+", default=["recast", "melo", "lora"], help="methods to measure")
     p.add_argument("--repeats", type=int, default=60, help="switches per figure (median)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    # One thread by default: on a shared 2-core machine a 2-thread pool stalls at every op, swamping the figures.
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     args = p.parse_args(argv)
     res = run_bench(args.backbone, args.methods, args.repeats, args.threads)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
