@@ -110,6 +110,11 @@ def export_task(run: LoadedRun, task: str, out: str | Path, force: bool = False)
     plain, reason = None, None
     if arch is None:
         reason = f"backbone {run.backbone_name} has no stock timm/torchvision constructor"
+        from recast_bench.backbones import get_spec
+
+        extra = leftover(backbone, get_spec(run.backbone_name).build())  # against the unadapted architecture
+        if extra:
+            reason += f", and {', '.join(extra)} add computation that does not fold into plain layers"
     else:
         plain = build_plain(arch).eval()
         left = leftover(backbone, plain)
