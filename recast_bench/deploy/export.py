@@ -114,12 +114,12 @@ def export_task(run: LoadedRun, task: str, out: str | Path, force: bool = False)
 
         extra = leftover(backbone, get_spec(run.backbone_name).build())  # against the unadapted architecture
         if extra:
-            reason += f", and {', '.join(extra)} add computation that does not fold into plain layers"
+            reason += f", and {', '.join(extra)} (extra computation that does not fold into plain layers)"
     else:
         plain = build_plain(arch).eval()
         left = leftover(backbone, plain)
         if left:
-            reason = f"{', '.join(left)} add computation that does not fold into the stock layers"
+            reason = f"{', '.join(left)} (extra computation that does not fold into the stock layers)"
             plain = None
 
     out.parent.mkdir(parents=True, exist_ok=True)
