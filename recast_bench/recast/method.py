@@ -30,7 +30,8 @@ BatchNorm (ResNet), ``RecastConfig.bn``:
   BN running statistics re-adapt to every task from the pretrained ones. We do the same and store each task's
   statistics with the task (one packed tensor), so they are saved, counted in ``bytes_per_task`` and restored to
   evaluate the task: the hidden per-task state of the authors' code made honest. They are buffers, not trained
-  parameters: the per-task trainable count stays the coefficients; ``describe()`` reports the buffer count.
+  parameters: the per-task trainable count stays the coefficients; ``describe()`` reports the buffer count
+  (ResNet-34: 17,024 statistics, 68 KB in float32 per task, beside 168 coefficients).
 * ``frozen`` (ours, selectable): BN stays in eval mode with the pretrained statistics, so the coefficients alone
   determine a task.
 """
