@@ -131,3 +131,18 @@ def test_bad_shapes_raise():
         ReparamLinear.from_linear(nn.Linear(3, 4), TemplateBank(2, (3, 3)), 2)
     with pytest.raises(ValueError, match="coefficient set"):
         ReparamLinear(TemplateBank(2, (3, 3)), 0)
+
+
+def test_generated_weight_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    bank = TemplateBank(2, (64, 64))
+    layer = ReparamLinear(bank, 2)
+    with torch.no_grad():
+        layer.coefficients.normal_()
+    exact = layer.weight.detach().clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = layer.weight
+        y = layer(torch.randn(3, 64))
+    assert w.dtype == torch.float32  # a bf16 contraction would round the cancelling template terms
+    torch.testing.assert_close(w.detach(), exact, atol=0, rtol=0)
+    assert y.dtype == torch.bfloat16  # the layer's own matmul still runs under autocast
