@@ -153,17 +153,38 @@ def run_hours(
     return (train_imgs / base + eval_imgs / ev) / 3600.0, estimated
 
 
+def card_epochs(method: str, backbone: str, default: int) -> int:
+    """Epochs per task of a bench entry (``NAME`` or ``NAME@VARIANT``) as its protocol card sets them (InfLoRA: the
+    paper's 10), else ``default``."""
+    from recast_bench.protocol.cards import family_of, find
+
+    name, _, variant = method.partition("@")
+    card = find(name, family_of(backbone), [variant or None])
+    value = card.values.get("trainer.epochs") if card is not None else None
+    return int(value.value) if value is not None else default
+
+
 def estimate(
-    methods: list[str], sizes: list[TaskSize], epochs: int, seeds: int, backbone: str, throughput: Path | None
+    methods: list[str],
+    sizes: list[TaskSize],
+    epochs: int,
+    seeds: int,
+    backbone: str,
+    throughput: Path | None,
+    epochs_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """``epochs_of`` gives a method's own epochs per task where it differs from ``epochs`` (its protocol card)."""
     bb = "resnet" if "resnet" in backbone else "vit"
     train_ips, eval_ips, source = measured_throughput(throughput)
     rows = []
     for m in methods:
-        hours, est = run_hours(m, sizes, epochs, bb, train_ips, eval_ips)
+        ep = (epochs_of or {}).get(m, epochs)
+        hours, est = run_hours(m, sizes, ep, bb, train_ips, eval_ips)
         # linear's features are computed once per backbone and shared by its seeds
         total = hours * (1 if family(m) == "frozen" else seeds)
-        rows.append({"method": m, "family": family(m), "hours_per_run": hours, "hours": total, "estimated": est})
+        rows.append(
+            {"method": m, "family": family(m), "epochs": ep, "hours_per_run": hours, "hours": total, "estimated": est}
+        )
     return {
         "backbone": backbone,
         "tasks": [s.name for s in sizes],
@@ -184,11 +205,13 @@ def format_estimate(est: dict[str, Any], stream: str) -> str:
         f"cost: {est['runs']} runs of {est['backbone']} on {stream} ({len(est['tasks'])} tasks, "
         f"{est['train_images_per_epoch']:,} train images/epoch, {est['epochs']} epochs): about "
         f"{est['gpu_hours']:.1f} GPU-hours ({'ESTIMATE: default throughput, ' if flag else ''}{src})",
-        f"  {'method':<26}{'family':<8}{'h/run':>8}{'hours':>9}",
+        f"  {'method':<26}{'family':<8}{'epochs':>7}{'h/run':>8}{'hours':>9}",
     ]
     for r in est["rows"]:
         mark = " *" if r["estimated"] else ""
-        lines.append(f"  {r['method']:<26}{r['family']:<8}{r['hours_per_run']:>8.2f}{r['hours']:>9.2f}{mark}")
+        lines.append(
+            f"  {r['method']:<26}{r['family']:<8}{r['epochs']:>7}{r['hours_per_run']:>8.2f}{r['hours']:>9.2f}{mark}"
+        )
     if flag:
         lines.append(
             "  * default throughput estimate (recast_bench/cost.py); run `make gpu-check` on the GPU to measure"
@@ -207,7 +230,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
     cfg = compose_config([f"backbone={args.backbone}", f"stream={args.stream}", *overrides])
     methods = args.methods or default_methods(spec.name)
     seeds = len(args.seeds.split()) if args.seeds else 1
-    est = estimate(methods, stream_sizes(cfg.stream), int(cfg.trainer.epochs), seeds, spec.name, args.throughput)
+    epochs = int(cfg.trainer.epochs)
+    # An explicit trainer.epochs applies to every run, as it does in make bench; otherwise each row's card decides.
+    explicit = any(o.lstrip("+").startswith("trainer.epochs=") for o in overrides)
+    epochs_of = {} if explicit else {m: card_epochs(m, spec.name, epochs) for m in methods}
+    est = estimate(methods, stream_sizes(cfg.stream), epochs, seeds, spec.name, args.throughput, epochs_of)
     print(format_estimate(est, args.stream))
     if args.json:
         Path(args.json).write_text(json.dumps(est, indent=2) + "\n")

@@ -68,3 +68,14 @@ def test_cost_cli_prints_one_line_and_a_table(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("cost: 4 runs of vit_small on synthetic (4 tasks") and "GPU-hours" in out[0]
     assert "ESTIMATE" in out[0] and out[2].split()[0] == "recast" and out[3].split()[0] == "linear"
+
+
+def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(capsys):
+    args = ["cost", "--backbone", "vit_small", "--stream", "synthetic", "--methods", "recast", "inflora"]
+    assert main(args) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert rows["recast"][2] == "100" and rows["inflora"][2] == "10"  # the paper's 10 epochs for InfLoRA
+    assert float(rows["inflora"][3]) < float(rows["recast"][3])
+    assert main([*args, "trainer.epochs=3"]) == 0  # an explicit value applies to every run, as in make bench
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:4]}
+    assert rows["recast"][2] == rows["inflora"][2] == "3"

@@ -9,7 +9,11 @@ from recast_bench.protocol.cards import bench_rows, by_id, family_of
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recast_bench.protocol", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m recast_bench.protocol",
+        description="The protocol cards from the shell: "
+        "the rows make bench runs for a backbone, or one row's values with their sources.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     lp = sub.add_parser("list", help="bench entries of a backbone's paper table, in order, extras last")
     lp.add_argument("--backbone", required=True)
