@@ -63,11 +63,19 @@ def test_cached_features_equal_training_through_the_backbone(six_root, tmp_path,
 
 
 def test_second_run_and_other_seed_hit_the_feature_cache(six_root, tmp_path, forwards):
-    first = run(six_root, tmp_path, "a")
+    from safetensors.torch import save_file
+
+    from recast_bench.backbones.vit import tiny_vit
+
+    # One weight file for every seed (a random-init backbone would differ per seed, and rightly miss the cache).
+    torch.manual_seed(0)
+    save_file(tiny_vit().state_dict(), str(tmp_path / "vit_tiny.safetensors"))
+    weights = [f"paths.weights_dir={tmp_path}"]
+    first = run(six_root, tmp_path, "a", extra=weights)
     assert forwards["n"] > 0
     forwards["n"] = 0
-    again = run(six_root, tmp_path, "b")
-    other_seed = run(six_root, tmp_path, "c", seed=1)
+    again = run(six_root, tmp_path, "b", extra=weights)
+    other_seed = run(six_root, tmp_path, "c", seed=1, extra=weights)
     assert forwards["n"] == 0, "the backbone ran although every feature was cached"
     assert again["acc_matrix"] == first["acc_matrix"]
     assert other_seed["fingerprint"] != first["fingerprint"]

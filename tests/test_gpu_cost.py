@@ -70,12 +70,17 @@ def test_cost_cli_prints_one_line_and_a_table(capsys):
     assert "ESTIMATE" in out[0] and out[2].split()[0] == "recast" and out[3].split()[0] == "linear"
 
 
-def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(capsys):
-    args = ["cost", "--backbone", "vit_small", "--stream", "synthetic", "--methods", "recast", "inflora"]
-    assert main(args) == 0
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:4]}
-    assert rows["recast"][2] == "100" and rows["inflora"][2] == "10"  # the paper's 10 epochs for InfLoRA
-    assert float(rows["inflora"][3]) < float(rows["recast"][3])
-    assert main([*args, "trainer.epochs=3"]) == 0  # an explicit value applies to every run, as in make bench
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:4]}
-    assert rows["recast"][2] == rows["inflora"][2] == "3"
+def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(tmp_path, capsys):
+    args = ["cost", "--backbone", "vit_small", "--stream", "six", "--methods", "recast", "inflora"]
+
+    def rows(*extra: str) -> dict:
+        assert main([*args, "--json", str(tmp_path / "cost.json"), *extra]) == 0
+        capsys.readouterr()
+        return {r["method"]: r for r in json.loads((tmp_path / "cost.json").read_text())["rows"]}
+
+    by_card = rows()
+    assert by_card["recast"]["epochs"] == 100 and by_card["inflora"]["epochs"] == 10  # the paper's 10 for InfLoRA
+    assert by_card["inflora"]["hours_per_run"] < by_card["recast"]["hours_per_run"] / 5
+    given = rows("trainer.epochs=3")  # an explicit value applies to every run, as in make bench
+    assert given["recast"]["epochs"] == given["inflora"]["epochs"] == 3
+    assert given["inflora"]["hours_per_run"] == pytest.approx(given["recast"]["hours_per_run"])
