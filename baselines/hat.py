@@ -8,8 +8,10 @@ with ``a_prev`` the element-wise max of all earlier tasks' gates (the cumulative
 are (almost) frozen. A regulariser ``c * sum(a * (1 - a_prev)) / sum(1 - a_prev)`` (c = 0.75) keeps the new task's
 capacity small, embedding gradients are compensated for the annealing (paper eq. 9, ``thres_cosh`` 50) and
 embeddings are clamped to +-6 after each step. Defaults follow the official code (joansj/hat,
-``src/approaches/hat.py``: SGD lr 0.05, smax 400, lamb 0.75); it has only AlexNet/MLP models, so the ResNet parts
-below are ours.
+``src/approaches/hat.py``: SGD lr 0.05, smax 400, lamb 0.75, gradient-norm clip 10000 on the protocol card) and so
+does the schedule (``HatConfig.schedule``): the lr is divided by 3 after 5 epochs without a lower validation loss, a
+task stops once the lr is below 1e-4, and the epoch of the lowest validation loss is restored. The official code has
+only AlexNet/MLP models, so the ResNet parts below are ours.
 
 ResNet specifics (what the official code does not cover):
 
@@ -54,8 +56,12 @@ from recast_bench.registry import METHODS
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from recast_bench.config import TrainerConfig
     from recast_bench.data.stream import Task
     from recast_bench.engine.model import TaskModel
+
+
+SCHEDULES = ("official", "paper")
 
 
 @dataclass
@@ -63,14 +69,20 @@ class HatConfig(MethodConfig):
     """HAT settings; defaults from the official ``src/approaches/hat.py``."""
 
     lr: float = 0.05
-    """hat.py ``lr=0.05``.
-
-    Schedule, a flagged departure: the official ``Appr.train`` divides the lr by 3 (``lr_factor``) after 5 epochs
-    (``lr_patience``) without a lower validation *loss*, stops the task once the lr falls below 1e-4 (``lr_min``)
-    and restores the weights of the lowest validation loss. The engine here runs every Lightning method with the
-    paper's section-3 schedule instead (StepLR x0.1 every 33 of the paper's 100 epochs, "default hyperparameters
-    ... trained for 100 epochs") and selects the epoch by validation accuracy; a per-method plateau schedule with
-    early stop and loss-based selection needs engine hooks that do not exist yet."""
+    """hat.py ``lr=0.05``."""
+    schedule: str = "official"
+    """``official``: hat.py ``Appr.train``: the lr is divided by ``lr_factor`` once ``lr_patience`` epochs in a row
+    have not lowered the validation loss (cross-entropy plus the regulariser at ``smax``, as the official ``eval``),
+    the task stops once the lr falls below ``lr_min`` (``trainer.epochs``, 100 as the official ``nepochs``, is the
+    upper bound), and the epoch with the lowest validation loss is restored. ``paper``: the engine's StepLR of the
+    adapter rows (x ``trainer.lr_gamma`` every ``trainer.lr_step_epochs``, paper section 3) and the epoch of the
+    highest validation accuracy, as this port ran before."""
+    lr_factor: float = 3.0
+    """hat.py ``lr_factor=3``: the lr is divided by it on a plateau."""
+    lr_patience: int = 5
+    """hat.py ``lr_patience=5``: epochs without a lower validation loss before the lr is divided."""
+    lr_min: float = 1e-4
+    """hat.py ``lr_min=1e-4``: the task stops once the lr is below it."""
     optimizer: str = "sgd"
     """hat.py: ``torch.optim.SGD`` without momentum."""
     momentum: float = 0.0
@@ -87,6 +99,13 @@ class HatConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"hat schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.lr_factor <= 1 or self.lr_patience < 1 or self.lr_min < 0:
+            raise ValueError(
+                f"hat needs lr_factor > 1, lr_patience >= 1 and lr_min >= 0, got {self.lr_factor}, "
+                f"{self.lr_patience}, {self.lr_min}"
+            )
         if self.smax <= 1:
             raise ValueError(f"hat smax must be > 1 (s is annealed from 1/smax to smax), got {self.smax}")
         if self.c < 0:
@@ -275,6 +294,43 @@ class Hat(Method):
         with torch.no_grad():
             for g in self.gates(model).values():
                 g.embedding.clamp_(-self.cfg.thres_emb, self.cfg.thres_emb)
+
+    # ---- schedule and selection (hat.py Appr.train) ----------------------------------------------------------------
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, tcfg: TrainerConfig) -> dict | None:
+        """The official plateau schedule (``schedule=official``); ``None``: the engine's StepLR (``paper``)."""
+        cfg: HatConfig = self.cfg  # type: ignore[assignment]
+        if cfg.schedule != "official":
+            return None
+        # The official counter starts at lr_patience, drops on every epoch without a strictly lower val loss and
+        # divides the lr when it reaches 0, i.e. on the lr_patience-th bad epoch in a row, then restarts (the best
+        # loss is kept). ReduceLROnPlateau divides once more than `patience` bad epochs have passed, with the same
+        # resets: patience = lr_patience - 1. threshold 0 makes "better" a strict <; eps 0 never skips a division.
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=1 / cfg.lr_factor, patience=cfg.lr_patience - 1, threshold=0.0, eps=0.0
+        )
+        # Stepped after each validation (every check_val_every_n_epoch epochs) on the val loss all ranks agree on.
+        return {
+            "scheduler": sched,
+            "interval": "epoch",
+            "frequency": int(tcfg.check_val_every_n_epoch),
+            "monitor": "val/loss",
+            "strict": True,
+        }
+
+    def stop_below_lr(self) -> float | None:
+        """hat.py: ``if lr < lr_min: break`` right after a division (``official`` only)."""
+        return self.cfg.lr_min if self.cfg.schedule == "official" else None
+
+    def selection(self) -> tuple[str, str]:
+        """hat.py restores the model of the lowest val loss (``official``); ``paper``: the engine's val accuracy."""
+        return ("val/loss", "min") if self.cfg.schedule == "official" else ("val/acc", "max")
+
+    def validation_loss(
+        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """hat.py ``eval`` reports ``criterion``: cross-entropy plus ``lamb`` times the regulariser, gates at ``smax``
+        (the model is in eval mode here, so ``training_loss`` computes exactly that)."""
+        return self.training_loss(model, loss, logits, y)
 
     def load_shared_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
         super().load_shared_state(model, state)

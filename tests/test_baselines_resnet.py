@@ -337,12 +337,100 @@ def test_hat_regulariser_and_state_split() -> None:
     assert Hat.isolates_tasks is False
 
 
+def official_plateau(losses: list[float], lr: float = 0.05, factor: float = 3, patience: int = 5, lr_min: float = 1e-4):
+    """Reference: the lr each epoch trained at, and the epoch the official ``Appr.train`` loop breaks at (None)."""
+    best, left, lrs = float("inf"), patience, []
+    for e, loss in enumerate(losses):
+        lrs.append(lr)
+        if loss < best:
+            best, left = loss, patience
+            continue
+        left -= 1
+        if left <= 0:
+            lr /= factor
+            if lr < lr_min:
+                return lrs, e
+            left = patience
+    return lrs, None
+
+
+def engine_plateau(hat: Hat, losses: list[float]) -> tuple[list[float], int | None]:
+    """The same through the method's hooks, stepped as Lightning steps it (``TaskModule.lr_scheduler_step``)."""
+    from recast_bench.config import TrainerConfig
+
+    groups = [{"params": [nn.Parameter(torch.zeros(1))]}, {"params": [nn.Parameter(torch.zeros(1))]}]  # head, method
+    opt = torch.optim.SGD(groups, lr=hat.cfg.lr)
+    conf = hat.lr_scheduler(opt, TrainerConfig())
+    assert conf["monitor"] == "val/loss" and conf["interval"] == "epoch" and conf["frequency"] == 1
+    lrs = []
+    for e, loss in enumerate(losses):
+        lrs.append(opt.param_groups[0]["lr"])
+        conf["scheduler"].step(loss)
+        if all(g["lr"] < hat.stop_below_lr() for g in opt.param_groups):
+            return lrs, e
+    return lrs, None
+
+
+def test_hat_official_schedule_divides_by_3_after_5_flat_epochs_and_stops_below_1e4() -> None:
+    hat = Hat(HatConfig())
+    assert hat.selection() == ("val/loss", "min") and hat.stop_below_lr() == 1e-4
+    # Epoch 1 improves; epochs 2..6 do not (an equal loss is no improvement): the 5th of them divides the lr by 3.
+    losses = [1.0, 0.9, 0.9, 0.95, 0.91, 0.92, 0.93, 0.8, 0.85]
+    lrs, stop = engine_plateau(hat, losses)
+    assert lrs[:7] == [0.05] * 7 and lrs[7] == pytest.approx(0.05 / 3) and lrs[8] == pytest.approx(0.05 / 3)
+    assert stop is None
+    # A flat loss after epoch 0: a division every 5 epochs; the 6th (0.05 / 3**6 = 6.9e-5 < 1e-4) ends the task.
+    lrs, stop = engine_plateau(hat, [1.0] * 100)
+    assert stop == 30 and lrs[-1] == pytest.approx(0.05 / 3**5)
+    # Any sequence: the same lr every epoch and the same last epoch as the official loop.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        walk = list(np.cumsum(rng.normal(0.0, 1.0, 100)))
+        (mine, my_stop), (ref, ref_stop) = engine_plateau(hat, walk), official_plateau(walk)
+        assert my_stop == ref_stop and mine == pytest.approx(ref, rel=1e-12)
+    paper = Hat(HatConfig(schedule="paper"))
+    assert paper.lr_scheduler(None, None) is None and paper.stop_below_lr() is None  # the engine's StepLR
+    assert paper.selection() == ("val/acc", "max")
+
+
+def test_hat_run_selects_the_lowest_val_loss_and_stops_early(run_args, tmp_path) -> None:  # noqa: ANN001
+    import csv
+    import json
+
+    from recast_bench.cli import main
+
+    out = tmp_path / "hat"
+    # lr_min above lr / 3 and patience 2: two epochs in a row without a lower val loss end the task.
+    extra = ["logger=csv", "trainer.epochs=6", "method.hat.lr_patience=2", "method.hat.lr_min=0.02"]
+    assert main(run_args("hat", backbone="resnet_tiny", out=out, extra=extra)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["selection"]["metric"] == "val/loss" and res["selection"]["mode"] == "min"
+    with open(out / "logs" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    stopped = by_acc = 0
+    for t, name in enumerate(res["tasks"]):
+        losses = [float(r["val/loss"]) for r in rows if r["task"] == name]
+        best = min(losses)
+        assert res["best_epoch"][t] == max(e for e, v in enumerate(losses) if v == best)  # lowest, ties: latest
+        acc = [float(r["val/acc"]) for r in rows if r["task"] == name]
+        assert res["val_acc"][t] == pytest.approx(acc[res["best_epoch"][t]], abs=1e-4)
+        # Training ran until (and including) the epoch the official loop breaks at, and no further.
+        _, stop = official_plateau(losses, patience=2, lr_min=0.02)
+        assert len(losses) == (6 if stop is None else stop + 1)
+        stopped += stop is not None
+        by_acc += res["best_epoch"][t] != max(e for e, a in enumerate(acc) if a == max(acc))
+    assert stopped, "no task stopped early: the test no longer exercises the stop"
+    assert by_acc, "val accuracy picks the same epochs: the test no longer tells the two selections apart"
+
+
 @pytest.mark.parametrize(
     ("cls", "bad", "match"),
     [
         (PiggybackConfig, {"mask_init": 1e-3}, "mask_init"),
         (HatConfig, {"smax": 1.0}, "smax"),
         (HatConfig, {"momentum": 0.9}, "momentum"),
+        (HatConfig, {"schedule": "cosine"}, "schedule"),
+        (HatConfig, {"lr_factor": 1.0}, "lr_factor"),
         (ClrConfig, {"kernel_size": 2}, "kernel_size"),
     ],
 )

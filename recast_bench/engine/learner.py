@@ -76,6 +76,19 @@ def unfreeze_for_task(model: TaskModel, method: Method, t: int) -> dict[str, tor
     return params
 
 
+def selects(value: float, best: float | None, mode: str) -> bool:
+    """Whether an epoch's selection metric replaces the best so far (``mode``: ``max`` or ``min``).
+
+    Ties keep the latest epoch (SELECTION in engine/results.py): a later epoch has trained longer, at the same or a
+    lower learning rate, and small val sets tie often (the demo saturates at 100 %). A NaN never wins.
+    """
+    if value != value:  # NaN
+        return False
+    if best is None:
+        return True
+    return value >= best if mode == "max" else value <= best
+
+
 def trainable_count(method: Method, model: TaskModel) -> int:
     """Per-task learnt backbone numbers, head excluded. Masked methods count only active entries themselves."""
     own = getattr(method, "count_task_params", None)
@@ -130,7 +143,8 @@ class LightningLearner:
         if self.tcfg.channels_last:  # after on_task_start and add_head: every conv weight, old and new, is NHWC
             m.to(memory_format=torch.channels_last)
         trainable = self.trainable(t)
-        best: dict = {"acc": -1.0, "epoch": -1, "state": None}
+        metric, mode = self.method.selection()
+        best: dict = {"value": None, "acc": None, "epoch": -1, "state": None}
 
         def snapshot() -> dict[str, torch.Tensor]:
             s = {f"task/{k}": v for k, v in self._task_state(t).items()}
@@ -138,11 +152,9 @@ class LightningLearner:
                 s.update({f"shared/{k}": v for k, v in self.method.shared_state(m).items()})
             return s
 
-        def on_val(epoch: int, acc: float) -> None:
-            # Ties keep the latest epoch (SELECTION in engine/results.py): a later epoch has trained longer, at the
-            # same or a lower learning rate, and small val sets tie often (the demo saturates at 100 %).
-            if acc >= best["acc"]:
-                best.update(acc=acc, epoch=epoch, state=snapshot())
+        def on_val(epoch: int, metrics: dict[str, float]) -> None:
+            if selects(metrics[metric], best["value"], mode):
+                best.update(value=metrics[metric], acc=metrics["val/acc"], epoch=epoch, state=snapshot())
 
         module = TaskModule(inputs.model(m), self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
         module.input_transform = inputs.transform
@@ -181,7 +193,7 @@ class LightningLearner:
         self._states[t] = self._task_state(t)
         self._current = t
         return {
-            "val_acc": best["acc"] if best["epoch"] >= 0 else None,
+            "val_acc": best["acc"],  # the selected epoch's val accuracy, whatever metric selected it
             "best_epoch": best["epoch"],
             "train_s": train_s,
             "trainable_params": trainable_count(self.method, m),

@@ -38,7 +38,7 @@ from recast_bench.engine.learner import LightningLearner
 from recast_bench.engine.logging import EpochMetrics, finish_logger, log_task_results, make_logger
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
-from recast_bench.engine.results import new_results, summarise
+from recast_bench.engine.results import new_results, selection_record, summarise
 from recast_bench.errors import UserError
 from recast_bench.registry import load_all
 from recast_bench.seed import seed_everything
@@ -174,6 +174,7 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         cfg.method_name, spec.name, cfg.stream.name, seed, [t.name for t in tasks], plain,
         fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
         isolates_tasks=method.isolates_tasks, weights=weights_path, versions=_versions(),
+        selection=selection_record(*method.selection()),
     )  # fmt: skip
     res.update(device_record(device, tcfg))  # where this (possibly resumed) session runs
     gpu = f" ({res['gpu_name']})" if res.get("gpu_name") else ""

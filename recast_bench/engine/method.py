@@ -5,7 +5,8 @@ A method owns three decisions and nothing else:
 * surgery on the backbone, once, before the first task (:meth:`Method.setup`);
 * which parameters and buffers are *task-specific* (:meth:`Method.task_parameters`, :meth:`Method.task_buffers`)
   or *shared but trained* (:meth:`Method.shared_parameters`, e.g. fine-tuning);
-* optional training-time extras (regularisers, gradient masks, schedules) through the hooks below.
+* optional training-time extras (regularisers, gradient masks, schedules) through the hooks below, including its own
+  lr schedule, early stop and selection metric where its official code differs from the engine's (HAT).
 
 The engine owns freezing (everything not returned above is frozen), heads, optimisation, model selection,
 saving exactly :meth:`Method.task_state` per task and restoring it to evaluate that task.
@@ -23,6 +24,7 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from recast_bench.config import TrainerConfig
     from recast_bench.data.stream import Task
     from recast_bench.engine.model import TaskModel
 
@@ -142,6 +144,28 @@ class Method:
 
     def on_after_optimizer_step(self, model: TaskModel) -> None:
         """Post-step projections or clamps."""
+
+    # ---- schedule and model selection ------------------------------------------------------------------------------
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, tcfg: TrainerConfig) -> dict | None:
+        """A Lightning lr-scheduler config (``{"scheduler": ..., "interval": ..., "monitor": ...}``) that replaces the
+        engine's StepLR for this method, or ``None`` for the engine's (paper section 3)."""
+        return None
+
+    def stop_below_lr(self) -> float | None:
+        """A task's training stops once every parameter group's lr is below this (HAT's ``lr_min``); ``None``: never."""
+        return None
+
+    def selection(self) -> tuple[str, str]:
+        """The validation metric that selects a task's epoch and its direction: ``("val/acc", "max")`` (the engine's
+        default) or ``("val/loss", "min")``."""
+        return ("val/acc", "max")
+
+    def validation_loss(
+        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """The per-batch validation loss (``loss``: the batch's mean cross-entropy); add terms that the method's
+        official evaluation counts (HAT's regulariser)."""
+        return loss
 
     # ---- state -------------------------------------------------------------------------------------------------
     def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
@@ -263,6 +287,15 @@ class CompositeMethod(Method):
     def on_after_optimizer_step(self, model: TaskModel) -> None:
         for p in self.parts:
             p.on_after_optimizer_step(model)
+
+    # lr_scheduler, stop_below_lr and selection stay the engine's: no composable part has a schedule of its own.
+
+    def validation_loss(
+        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        for p in self.parts:
+            loss = p.validation_loss(model, loss, logits, y)
+        return loss
 
     def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:
         return merge_dicts(p.task_state(model) for p in self.parts)

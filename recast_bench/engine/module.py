@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from recast_bench.config import TrainerConfig
@@ -57,7 +58,7 @@ class TaskModule(L.LightningModule):
         num_classes: int,
         trainable: dict[str, nn.Parameter],
         tcfg: TrainerConfig,
-        on_val_acc: Callable[[int, float], None] | None = None,
+        on_val: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -66,10 +67,13 @@ class TaskModule(L.LightningModule):
         self.task_name = task_name
         self.trainable = trainable
         self.tcfg = tcfg
-        self.on_val_acc = on_val_acc
+        self.on_val = on_val
+        """Called after each validation with the epoch and ``{"val/acc": %, "val/loss": mean}`` (model selection)."""
         self.num_classes = num_classes
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # Sample-weighted mean over the whole val set; compute() sums weights and totals over DDP ranks.
+        self.val_loss = MeanMetric(nan_strategy="disable")  # no per-update NaN check: it would sync the device
         # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
         # training task t would silently change the statistics every earlier task is evaluated with.
         self._frozen_bn = frozen_batchnorms(model, method)
@@ -150,19 +154,40 @@ class TaskModule(L.LightningModule):
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         x, y = batch
         self.model.active_task = self.task_index
-        self.val_acc.update(self(x), y)
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        loss = self.method.validation_loss(self.model, F.cross_entropy(logits, y), logits, y)
+        # One entry per sample (a view): the batch counts by its size. MeanMetric ignores ``weight`` when NaN checks
+        # are disabled (torchmetrics 1.9), so the weighting must be in the values.
+        self.val_loss.update(loss.detach().float().expand(len(y)))
 
     def on_validation_epoch_end(self) -> None:
         acc = float(self.val_acc.compute().item()) * 100.0
+        loss = float(self.val_loss.compute().item())
         self.val_acc.reset()
+        self.val_loss.reset()
+        # Both are already reduced over ranks by compute(); sync_dist keeps the logged value identical on every rank
+        # (a plateau scheduler steps on the logged val/loss on each rank, and must step alike).
         self.log("val/acc", acc, prog_bar=True, sync_dist=True)
-        if self.on_val_acc is not None and not self.trainer.sanity_checking:
-            self.on_val_acc(self.current_epoch, acc)
+        self.log("val/loss", loss, sync_dist=True)
+        if self.on_val is not None and not self.trainer.sanity_checking:
+            self.on_val(self.current_epoch, {"val/acc": acc, "val/loss": loss})
 
     def configure_optimizers(self) -> dict:
         opt = build_optimizer(self.model, self.method, self.trainable)
+        own = self.method.lr_scheduler(opt, self.tcfg)
+        if own is not None:
+            return {"optimizer": opt, "lr_scheduler": own}
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step_size(self.tcfg), gamma=self.tcfg.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def lr_scheduler_step(self, scheduler: torch.optim.lr_scheduler.LRScheduler, metric: object) -> None:
+        super().lr_scheduler_step(scheduler, metric)
+        # The method's early stop (HAT: once the lr has fallen below lr_min), checked right after the lr changed, so
+        # no epoch trains at an lr below it. The monitored metric is the same on every rank: all ranks stop together.
+        floor = self.method.stop_below_lr()
+        if floor is not None and all(g["lr"] < floor for g in scheduler.optimizer.param_groups):
+            self.trainer.should_stop = True
 
 
 def frozen_batchnorms(model: nn.Module, method: Method | None = None) -> list[nn.Module]:

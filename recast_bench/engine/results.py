@@ -10,9 +10,19 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-SELECTION = {"metric": "val/acc", "ties": "latest", "epoch_index": "0-based, as logged in logs/metrics.csv"}
-"""How ``best_epoch`` is chosen: the highest validation accuracy; among equal ones the latest epoch, which has trained
-longest at the lowest learning rate (the earliest would keep, e.g., epoch 0 whenever a small val set saturates)."""
+SELECTION = {
+    "metric": "val/acc", "mode": "max", "ties": "latest", "epoch_index": "0-based, as logged in logs/metrics.csv",
+}  # fmt: skip
+"""How ``best_epoch`` is chosen by default: the highest validation accuracy; among equal ones the latest epoch, which
+has trained longest at the lowest learning rate (the earliest would keep, e.g., epoch 0 whenever a small val set
+saturates). A method may select on another metric (:meth:`Method.selection`, HAT: the lowest ``val/loss``):
+:func:`selection_record` writes the one a run used."""
+
+
+def selection_record(metric: str, mode: str) -> dict:
+    """``results.json``'s ``selection``: :data:`SELECTION` with the metric and direction this run selected by."""
+    return {**SELECTION, "metric": metric, "mode": mode}
+
 
 REQUIRED_KEYS = (
     "method", "backbone", "stream", "seed", "tasks", "acc_matrix", "final_acc", "avg_acc", "bwt",
