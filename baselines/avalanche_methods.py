@@ -158,6 +158,10 @@ class AvalancheMethod(Method):
 
         return AvalancheLearner(self, model, tasks, tcfg, seed, fingerprint)
 
+    def selection(self) -> tuple[str, str]:
+        # Avalanche trains a fixed number of epochs and keeps the last one: no validation-based selection.
+        return ("none", "last")
+
 
 @METHODS.register("ewc")
 class EWCMethod(AvalancheMethod):

@@ -39,6 +39,10 @@ def run_cli(method: str, backbone: str, out, extra: list[str], data_dir) -> dict
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     validate(res)
+    if METHODS.get(method).runner == "avalanche":  # it keeps the last epoch: no claim of a val-based selection
+        assert res["selection"]["mode"] == "last" and res["best_epoch"][0] == res["config"]["trainer"]["epochs"] - 1
+    else:
+        assert res["selection"]["mode"] == "max"
     return res
 
 

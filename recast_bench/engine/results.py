@@ -21,6 +21,8 @@ saturates). A method may select on another metric (:meth:`Method.selection`, HAT
 
 def selection_record(metric: str, mode: str) -> dict:
     """``results.json``'s ``selection``: :data:`SELECTION` with the metric and direction this run selected by."""
+    if mode == "last":  # no selection at all (Avalanche): the last epoch is kept, there are no ties to break
+        return {"metric": metric, "mode": mode, "ties": None, "epoch_index": SELECTION["epoch_index"]}
     return {**SELECTION, "metric": metric, "mode": mode}
 
 
