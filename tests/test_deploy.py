@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from recast_bench.cli import main
 from recast_bench.deploy import load_run
@@ -147,11 +148,12 @@ def test_export_loads_without_recast_bench(runs, tmp_path):
     assert meta["class_names"] == names and len(set(names)) == 4  # the dataset's own names (synthetic: generated)
     assert meta["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     x = torch.randn(2, 3, 32, 32)
-    torch.save(x, tmp_path / "x.pt")
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
     code = (
         "import sys; sys.modules['recast_bench'] = None; sys.modules['baselines'] = None\n"
         + meta["load"]
-        + "import torch; print(repr(model(torch.load('../x.pt')).tolist()))\n"
+        + "from safetensors.torch import load_file\n"
+        + "print(repr(model(load_file('../x.safetensors')['x']).tolist()))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
