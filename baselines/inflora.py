@@ -15,8 +15,12 @@ Protocol (RECAST paper section 3: "InfLoRA used class increments of 90 and 10 ep
   (0.202 % of P per task) is what rank 5 trains on ViT-S: 12 * 2 * 384 * 5 = 46,080 = 2.09e-3 P. The official rank
   10 would train 92,160 (2x the paper's budget); ``method.inflora.rank=10`` runs it.
 * 10 epochs per task (paper). The epoch count is the trainer's: the protocol card sets ``trainer.epochs=10`` for this
-  row (``recast-bench run --method inflora trainer.epochs=10``); the engine's StepLR then decays at the paper's
-  proportion (every 3 epochs). The official configs use 20-50 epochs with a cosine schedule and batch 128.
+  row (``recast-bench run --method inflora trainer.epochs=10``). The official configs use 20-50 epochs and batch 128.
+* Schedule (``InfLoRAConfig.schedule``): ``official`` (default) is the official per-epoch cosine over the task's
+  epochs ``K`` (``methods/inflora.py`` with ``utils/schedulers.py`` ``CosineSchedule``, paired with Adam): in epoch
+  ``e`` (0-based) the lr is ``lr * cos(99 pi e / (200 (K - 1)))``, from ``lr`` down to ``cos(0.495 pi) = 1.6 %`` of it
+  in the last epoch; no warm-up, no floor, head and B alike. With SGD the official code uses torch's
+  ``CosineAnnealingLR(T_max=K)``, and so do we. ``step``: the engine's StepLR (paper section 3, every 3 of 10 epochs).
 * **The paper ran InfLoRA class-incrementally** on six 90-class chunks of the pooled datasets (Table 4's note), so
   its numbers are not per dataset. We run it task-incrementally on the six datasets like every other row: each task
   has its own head, and a task's ``A_t``/``B_t`` are swapped in for it (the original sums every earlier task's update
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -49,8 +54,11 @@ from recast_bench.registry import METHODS
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from recast_bench.config import TrainerConfig
     from recast_bench.data.stream import Task
     from recast_bench.engine.model import TaskModel
+
+SCHEDULES = ("official", "step")
 
 
 class InfLoRAQKV(RowAdaptedLinear):
@@ -117,6 +125,17 @@ def dualgpm_update(cov: torch.Tensor, occupied: torch.Tensor, threshold: float) 
     return grown[:, : grown.shape[0]]
 
 
+def official_cosine(epoch: int, epochs: int) -> float:
+    """The official Adam schedule's lr factor in 0-based ``epoch`` of ``epochs``: ``cos(99 pi e / (200 (K - 1)))``.
+
+    Held at the last epoch's value after it (the official code never trains past ``K``; a later epoch would turn the
+    factor negative) and 1 for a single-epoch task (the official formula divides by zero there).
+    """
+    if epochs <= 1:
+        return 1.0
+    return math.cos(99 * math.pi * min(epoch, epochs - 1) / (200 * (epochs - 1)))
+
+
 @dataclass
 class InfLoRAConfig(MethodConfig):
     """Defaults: the paper's budget (rank 5, see the module docstring); official InfLoRA configs for the rest."""
@@ -138,6 +157,9 @@ class InfLoRAConfig(MethodConfig):
     """Length of the threshold schedule (official ``total_sessions``); 6 for the paper's six-dataset stream."""
     max_batches: int | None = None
     """Batches used for each covariance (null: the whole training set, as the official code)."""
+    schedule: str = "official"
+    """official: the official per-epoch cosine over the task's epochs (see the module docstring). step: the engine's
+    StepLR (paper section 3)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,6 +170,8 @@ class InfLoRAConfig(MethodConfig):
             raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
         if self.max_batches is not None and self.max_batches < 1:
             raise ValueError(f"max_batches must be >= 1 or null, got {self.max_batches}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"inflora schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
 
 @METHODS.register("inflora")
@@ -185,6 +209,19 @@ class InfLoRA(Method):
         for n, layer in self._layers(model).items():
             out[f"{n}.basis"], out[f"{n}.basis_rank"] = layer.basis, layer.basis_rank
         return out
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, tcfg: TrainerConfig) -> dict | None:
+        """The official cosine over ``trainer.epochs`` (``schedule=official``); ``None``: the engine's StepLR."""
+        cfg: InfLoRAConfig = self.cfg  # type: ignore[assignment]
+        if cfg.schedule != "official":
+            return None
+        epochs = int(tcfg.epochs)
+        if cfg.optimizer == "sgd":  # the official SGD branch
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        else:  # the official Adam branch (the official runs); AdamW, not an official choice, follows it
+            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(official_cosine, epochs=epochs))
+        # Stepped after every epoch, as the official train_function's scheduler.step().
+        return {"scheduler": sched, "interval": "epoch"}
 
     def _covariances(self, model: TaskModel, loader: DataLoader) -> dict[str, torch.Tensor]:
         """Mean ``x^T x`` over every token fed to each qkv, for the task's training data."""

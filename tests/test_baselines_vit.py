@@ -23,6 +23,7 @@ from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import trainable_count
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
+from recast_bench.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -367,6 +368,45 @@ def test_inflora_designed_a_avoids_earlier_subspace_and_only_k_v_change() -> Non
     x = torch.randn(2, 5, 48)
     assert torch.equal(qkv(x)[..., :48], qkv.base(x)[..., :48])  # Q rows untouched
     assert set(method.shared_buffers(model)) >= {"backbone.blocks.0.attn.qkv.basis"}
+
+
+def _epoch_lrs(sched_conf: dict, opt: torch.optim.Optimizer, epochs: int) -> list[list[float]]:
+    """Each group's lr in every epoch, stepped once per epoch as Lightning steps an ``interval: epoch`` scheduler."""
+    assert sched_conf["interval"] == "epoch"
+    lrs = []
+    for _ in range(epochs):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched_conf["scheduler"].step()
+    return lrs
+
+
+def test_inflora_official_cosine_schedule_over_10_epochs_and_step_keeps_the_engines() -> None:
+    from recast_bench.config import TrainerConfig
+
+    method = build_method("inflora", {"inflora": {}}, "vit")
+    assert method.cfg.schedule == "official" and method.cfg.optimizer == "adam"
+    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": 5e-4}, {"params": [nn.Parameter(torch.zeros(1))]}]
+    opt = torch.optim.Adam(groups, lr=1e-3)  # B at 5e-4, the head at another lr: both follow the same factor
+    lrs = _epoch_lrs(method.lr_scheduler(opt, TrainerConfig(epochs=10)), opt, 10)
+    # utils/schedulers.py CosineSchedule(K=10): step(0) at construction, then one step per epoch.
+    official = [math.cos(99 * math.pi * e / (200 * 9)) for e in range(10)]
+    for e in range(10):
+        assert lrs[e] == pytest.approx([5e-4 * official[e], 1e-3 * official[e]], rel=1e-12)
+    assert lrs[0] == [5e-4, 1e-3] and lrs[-1][0] == pytest.approx(5e-4 * math.cos(0.495 * math.pi))  # ~1.6 % left
+    assert all(b[0] < a[0] for a, b in zip(lrs, lrs[1:], strict=False))
+    # The official SGD branch: torch's CosineAnnealingLR(T_max=epochs).
+    sgd = build_method("inflora", {"inflora": {"optimizer": "sgd"}}, "vit")
+    p = nn.Parameter(torch.zeros(1))
+    opt, ref_opt = torch.optim.SGD([p], lr=0.01), torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=10)
+    got = _epoch_lrs(sgd.lr_scheduler(opt, TrainerConfig(epochs=10)), opt, 10)
+    want = _epoch_lrs({"scheduler": ref, "interval": "epoch"}, ref_opt, 10)
+    assert got == want and got[5][0] == pytest.approx(0.005)
+    step = build_method("inflora", {"inflora": {"schedule": "step"}}, "vit")
+    assert step.lr_scheduler(torch.optim.Adam([p]), TrainerConfig(epochs=10)) is None
+    with pytest.raises(UserError, match="inflora schedule must be one of official, step"):
+        build_method("inflora", {"inflora": {"schedule": "cosine"}}, "vit")
 
 
 def test_dualgpm_threshold_picks_energy_fraction() -> None:
