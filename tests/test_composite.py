@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recast_bench.backbones import build_backbone
@@ -32,7 +33,8 @@ def test_each_part_keeps_its_own_lr_and_weight_decay(tmp_path):
     trainable = learner.trainable(0)
     module = TaskModule(model, method, 0, "t", 3, trainable, TrainerConfig(epochs=1))
     opt = module.configure_optimizers()["optimizer"]
-    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    # Each group's base lr (the authors' schedule, set at construction, scales the coefficients' first epoch).
+    by_param = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
     coeff = next(p for n, p in trainable.items() if n.endswith("coefficients"))
     mask = next(p for n, p in piggy.task_parameters(model).items())
     assert by_param[id(coeff)] == (recast.cfg.lr, 0.0)  # coefficients: RECAST's lr, never weight-decayed
@@ -99,3 +101,85 @@ def test_recast_plus_adaptformer_puts_the_adapter_beside_a_plain_mlp(tmp_path):
     ups = [p for n, p in params.items() if n.endswith("up.weight")]
     assert coeffs and all(p.grad is not None and p.grad.abs().sum() > 0 for p in coeffs)
     assert ups and all(p.grad is not None and p.grad.abs().sum() > 0 for p in ups)
+
+
+AUTHORS_RECAST = {"mimic_iters": 5, "optimizer": "adam", "lr": 5e-4, "head_lr": 3e-2, "weight_decay": 0.0}
+"""conf/method/piggyback.yaml's recast block: the authors' RECAST+Piggyback optimiser settings."""
+
+
+def _piggyback_module(tmp_path, piggyback: dict, epochs: int):  # noqa: ANN001, ANN202
+    torch.manual_seed(0)
+    bb, spec, _ = build_backbone("resnet_tiny", allow_random_init=True)
+    model = TaskModel(bb, bb.num_features)
+    method = build_method("recast+piggyback", {"recast": AUTHORS_RECAST, "piggyback": piggyback}, "resnet")
+    method.ctx = RunContext(backbone_name="resnet_tiny", family="resnet", cache_dir=str(tmp_path))
+    method.setup(model)
+    model.add_head(0, 3)
+    tcfg = TrainerConfig(epochs=epochs)
+    trainable = LightningLearner(model, method, tcfg, 0, "x").trainable(0)
+    return model, method, trainable, TaskModule(model, method, 0, "t", 3, trainable, tcfg).configure_optimizers()
+
+
+def test_recast_plus_piggyback_runs_the_authors_schedule(tmp_path):
+    """Masks x0.1 every 30 epochs, head every 33, coefficients every 33 plus the mask optimiser's 1e-4 every 30."""
+    model, method, trainable, conf = _piggyback_module(tmp_path, {}, 100)
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]
+    assert isinstance(sched["scheduler"], torch.optim.lr_scheduler.LambdaLR) and sched["interval"] == "epoch"
+    coeff = next(p for n, p in trainable.items() if n.endswith("coefficients"))
+    mask = next(iter(method.parts[1].task_parameters(model).values()))
+    head = next(p for n, p in trainable.items() if n.startswith("heads."))
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for e in range(100):
+        # the authors' step_lr: base * 0.1 ** floor((epoch - 1) / decay_every) for 1-based epochs
+        assert group_of[id(mask)]["lr"] == pytest.approx(1e-4 * 0.1 ** (e // 30), rel=1e-9)
+        assert group_of[id(head)]["lr"] == pytest.approx(3e-2 * 0.1 ** (e // 33), rel=1e-9)
+        want = 5e-4 * 0.1 ** (e // 33) + 1e-4 * 0.1 ** (e // 30)
+        assert group_of[id(coeff)]["lr"] == pytest.approx(want, rel=1e-9), e
+        opt.step()
+        sched["scheduler"].step()
+    # schedule=engine: the engine's StepLR, as plain Piggyback.
+    _, method, _, conf = _piggyback_module(tmp_path, {"schedule": "engine"}, 100)
+    assert isinstance(conf["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+    assert method.lr_scheduler(conf["optimizer"], TrainerConfig()) is None
+
+
+def test_two_adams_on_one_parameter_equal_one_adam_at_the_summed_lr():
+    """Why the coefficients' double stepping (their mask optimiser steps them too) is one group at the summed lr."""
+    torch.manual_seed(0)
+    grads = [torch.randn(6, dtype=torch.float64) for _ in range(20)]  # float64: equal up to rounding, not 1 ulp
+    a = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
+    b = torch.nn.Parameter(a.detach().clone())
+    start = a.detach().clone()
+    first, second = torch.optim.Adam([a], lr=1e-4), torch.optim.Adam([a], lr=5e-4)
+    single = torch.optim.Adam([b], lr=6e-4)
+    for i, g in enumerate(grads):
+        if i == 10:  # a decay of one of them only: the sum follows
+            first.param_groups[0]["lr"] = 1e-5
+            single.param_groups[0]["lr"] = 5.1e-4
+        a.grad, b.grad = g.clone(), g.clone()
+        first.step()
+        second.step()
+        single.step()
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert (a - start).abs().max() > 1e-3  # they moved: the check is not vacuous
+
+
+def test_plain_piggyback_keeps_the_engines_step_lr(tmp_path):
+    from recast_bench.errors import UserError
+
+    torch.manual_seed(0)
+    bb, _, _ = build_backbone("resnet_tiny", allow_random_init=True)
+    model = TaskModel(bb, bb.num_features)
+    method = build_method("piggyback", {}, "resnet")
+    method.setup(model)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    assert method.lr_scheduler(opt, TrainerConfig()) is None
+    forced = build_method("piggyback", {"piggyback": {"schedule": "authors"}}, "resnet")
+    forced.setup(model2 := TaskModel(build_backbone("resnet_tiny", allow_random_init=True)[0], bb.num_features))
+    masks = list(forced.task_parameters(model2).values())
+    with pytest.raises(UserError, match="schedule=engine"):  # masks and head share the 1e-4 group: no own period
+        forced.lr_scheduler(
+            torch.optim.Adam([{"params": masks + [torch.nn.Parameter(torch.zeros(1))]}]), TrainerConfig()
+        )
+    conf = forced.lr_scheduler(torch.optim.Adam([{"params": masks}]), TrainerConfig(epochs=10))
+    assert [conf["scheduler"].lr_lambdas[0](e) for e in (0, 2, 3, 6)] == pytest.approx([1, 1, 0.1, 0.01])  # 30 -> 3

@@ -288,7 +288,16 @@ class CompositeMethod(Method):
         for p in self.parts:
             p.on_after_optimizer_step(model)
 
-    # lr_scheduler, stop_below_lr and selection stay the engine's: no composable part has a schedule of its own.
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, tcfg: TrainerConfig) -> dict | None:
+        """The first part's own schedule (recast+piggyback: the authors' mask and coefficient steps, set by Piggyback,
+        which sees every group); ``None`` when no part has one: the engine's StepLR."""
+        for p in self.parts:
+            own = p.lr_scheduler(optimizer, tcfg)
+            if own is not None:
+                return own
+        return None
+
+    # stop_below_lr and selection stay the engine's: no composable part has its own (HAT is not composable).
 
     def validation_loss(
         self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
