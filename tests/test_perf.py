@@ -39,6 +39,9 @@ def test_quick_run_writes_every_field_finite(quick):
     assert "## Targets" in md
     for t in res["targets"]:
         assert t["figure"] in md
+    # the GPU input path's figures are shown beside the float CPU path's, with the six datasets' cache size
+    ratio = res["data_loading"]["uint8_over_float"]
+    assert "uint8 device img/s" in md and f"| {ratio:.4g} |" in md and "Image cache for the six datasets" in md
 
 
 def test_quick_run_measures_the_recast_figures(quick):

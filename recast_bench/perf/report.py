@@ -191,6 +191,25 @@ def render_markdown(res: dict[str, Any]) -> str:
                 ]
             ],
         )
+        # The GPU input path beside the float CPU path, measured side by side (data/device_transforms.py).
+        rows = [["photos", dl.get("stored_side"), dl.get("float_cpu_img_s"), dl.get("uint8_device_img_s"),
+                 dl.get("uint8_over_float"), dl.get("batch_bytes_float"), dl.get("batch_bytes_uint8")]]  # fmt: skip
+        cifar = dl.get("cifar_like")
+        if isinstance(cifar, dict):
+            rows.append(["CIFAR-like", cifar.get("stored_side"), cifar.get("float_cpu_img_s"),
+                         cifar.get("uint8_device_img_s"), cifar.get("uint8_over_float"),
+                         cifar.get("batch_bytes_float"), cifar.get("batch_bytes_uint8")])  # fmt: skip
+        lines += [""]
+        lines += _table(
+            ["images", "stored side", "float CPU img/s", "uint8 device img/s", "ratio", "float bytes/batch",
+             "uint8 bytes/batch"],
+            rows,
+        )  # fmt: skip
+        six = dl.get("cache_size_six")
+        if isinstance(six, dict):
+            lines += ["", f"Image cache for the six datasets at {six['image_size']} px: {six['total_gib']} GiB "
+                      f"(target {six['target_gib']} GiB; the old layout: {six['old_layout_gib']} GiB); pooled split: "
+                      f"{dl.get('cache_size_six_pooled')} GiB."]  # fmt: skip
     else:
         lines.append(str(dl))
     lines += ["", "## GPU", "", str(res["gpu"]) if not isinstance(res["gpu"], dict) else "see perf.json `gpu`", ""]
