@@ -13,6 +13,7 @@ pipeline) is, so the two paths agree to within one uint8 level before normalisat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -66,9 +67,16 @@ class BatchTransform:
         if flip is not None:
             flip = flip.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        mean, std = _channels(self.mean, x.device, x.dtype), _channels(self.std, x.device, x.dtype)
         return (x / 255.0 - mean) / std
+
+
+@lru_cache(maxsize=32)
+def _channels(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a ``[1, C, 1, 1]`` tensor on ``device``, built once: ``torch.tensor(..., device=cuda)`` per batch
+    would be a blocking host-to-device copy, i.e. a sync with the GPU's queue on every step."""
+    with torch.inference_mode(False):  # a plain tensor even when first built under inference mode (evaluation)
+        return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
 
 
 class CpuTransform:

@@ -84,7 +84,8 @@ class FeatureAugment:
         flips = self.augment.flips(len(x), train) if self.augment is not None and x.shape[1] == 2 else None
         if flips is None:
             return x[:, 0]
-        return x[torch.arange(len(x), device=x.device), flips.to(x.device).long()]
+        # non_blocking: a blocking host-to-device copy would sync with the GPU's queue on every step
+        return x[torch.arange(len(x), device=x.device), flips.to(x.device, non_blocking=True).long()]
 
 
 def head_model(model: TaskModel) -> TaskModel:
