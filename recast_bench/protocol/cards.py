@@ -214,17 +214,21 @@ def family_of(backbone: str) -> str:
     return "resnet" if backbone.startswith("resnet") else "vit"
 
 
+def _table_rows(family: str) -> list[Card]:
+    """The rows of Tables 1 and 2 for ``family``, in the paper's order."""
+    return [c for f in ("table1", "table2") for c in load(f)[1] if c.family == family]
+
+
 def bench_rows(backbone: str) -> list[Card]:
     """The rows ``make bench BACKBONE=backbone`` runs: its family's paper table in the paper's order, then extras."""
-    family = family_of(backbone)
-    rows = [c for f in ("table1", "table2") for c in load(f)[1] if c.family == family and c.bench]
+    rows = [c for c in _table_rows(family_of(backbone)) if c.bench]
     return [c for c in rows if not c.extra] + [c for c in rows if c.extra]
 
 
 def find(method: str, family: str, variants: list[str | None] = ()) -> Card | None:  # type: ignore[assignment]
     """The card for ``method`` on ``family``: ``method@variant`` for the first variant that has one, else ``method``,
     else the method's first row in the paper's order (its headline setting, e.g. RoSA's sparse MLP)."""
-    rows = [c for f in ("table1", "table2") for c in load(f)[1] if c.family == family]
+    rows = _table_rows(family)
     table = {c.id: c for c in rows}
     for v in variants:
         if v and f"{method}@{v}" in table:
