@@ -88,6 +88,7 @@ class LoadedRun:
     # ---- building -------------------------------------------------------------------------------------------
     def _build(self) -> None:
         from recast_bench.backbones import build_backbone, get_spec, num_features
+        from recast_bench.config import TrainerConfig
         from recast_bench.data.stream import build_stream
         from recast_bench.engine.build import build_method
         from recast_bench.engine.learner import LightningLearner
@@ -128,7 +129,7 @@ class LoadedRun:
         seed_everything(seed)
         method.setup(model)
         self.model, self.method, self.tasks_data = model, method, tasks
-        tcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_trainer_schema()), cfg.trainer))
+        tcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg.trainer))
         self.learner = LightningLearner(model, method, tcfg, seed, res["fingerprint"])
         self.tasks = [
             TaskInfo(i, t.name, t.num_classes, _class_names(t), *_normalization(t)) for i, t in enumerate(tasks)
@@ -157,16 +158,9 @@ class LoadedRun:
 
     def activate(self, name: str) -> torch.nn.Module:
         """Load task ``name``'s state into the shared model (a no-op when it is already active); returns the model."""
-        from recast_bench.engine.method import assign_state
-        from recast_bench.engine.model import head_key
-
         info = self.task(name)
         if self.active != info.index:
-            state = self.states[info.index]
-            prefix = f"heads.{head_key(info.index)}."
-            own = {k: v for k, v in state.items() if not k.startswith(prefix)}
-            self.method.load_task_state(self.model, own)
-            assign_state(self.model, {k: v for k, v in state.items() if k.startswith(prefix)})
+            self.learner._load_task_state(info.index, self.states[info.index])  # as the run's own evaluation does
             self.active = info.index
         self.model.active_task = info.index
         self.model.eval()
@@ -200,12 +194,6 @@ class LoadedRun:
         from recast_bench.deploy.predict import predict
 
         return predict(self, images, task, top_k)
-
-
-def _trainer_schema() -> type:
-    from recast_bench.config import TrainerConfig
-
-    return TrainerConfig
 
 
 def load_run(run_dir: str | Path, pack: str | Path | None = None) -> LoadedRun:
