@@ -318,10 +318,14 @@ class Rosa(Method):
             p.requires_grad_(True)
         model.train()
         probes: dict[tuple[str, str], torch.Tensor] = {}
+
+        def next_loss() -> torch.Tensor:
+            x, y = next(batches)
+            return F.cross_entropy(head(model.backbone(x.to(device))), y.to(device))
+
         try:
             for _ in range(cfg.warmup_steps):
-                x, y = next(batches)
-                loss = F.cross_entropy(head(model.backbone(x.to(device))), y.to(device))
+                loss = next_loss()
                 for p, g in zip(trained, torch.autograd.grad(loss, trained), strict=True):
                     p.grad = g
                 opt.step()
@@ -332,8 +336,7 @@ class Rosa(Method):
                     layer.probe[p] = probes[(n, p)] = torch.zeros(s.shape, device=device, requires_grad=True)
             acc = {k: torch.zeros_like(v) for k, v in probes.items()}
             for _ in range(cfg.grad_batches):
-                x, y = next(batches)
-                loss = F.cross_entropy(head(model.backbone(x.to(device))), y.to(device))
+                loss = next_loss()
                 for k, g in zip(probes, torch.autograd.grad(loss, list(probes.values())), strict=True):
                     acc[k] += g.detach() ** 2
         finally:
