@@ -96,7 +96,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _quiet()
     run = load_run(args.run, pack=args.pack)
-    run.task(args.task)  # an unknown task fails before any image is read
     preds = run.predict(list(args.images), task=args.task, top_k=args.top_k)
     if args.json:
         print(json.dumps([{"image": img, "top": [{"class": c, "prob": p} for c, p in pred]}
