@@ -70,8 +70,10 @@ class TaskModule(L.LightningModule):
         self.on_val = on_val
         """Called after each validation with the epoch and ``{"val/acc": %, "val/loss": mean}`` (model selection)."""
         self.num_classes = num_classes
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # validate_args=False: the labels are checked on the CPU before the transfer (check_labels); torchmetrics' own
+        # check calls torch.unique on the device, a host sync on every training and validation step.
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
         # Sample-weighted mean over the whole val set; compute() sums weights and totals over DDP ranks.
         self.val_loss = MeanMetric(nan_strategy="disable")  # no per-update NaN check: it would sync the device
         # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
