@@ -11,9 +11,9 @@ Official code followed: gyhandy/Channel-wise-Lightweight-Reprogramming (``networ
 ``lambda * ||w||_2`` with lambda 1e-5 on every tensor of ``model.reg_params``: the classifier ``fc``, the BN layers
 and the reprogramming kernels, zero tensors skipped). The official default model, ``--method Ghost_reduced_v1``,
 skips the 1x1 convs (``skip_1x1: true``, our default). Count on ResNet-34 (head excluded): 7,616 reprogrammed
-channels (stem + block convs) -> 68,544 kernel weights, plus 17,024 per-task BN affine parameters = 85,568 = 4.0e-3 P,
+channels (stem + block convs) -> 68,544 kernel weights, plus 17,024 per-task BN affine parameters = 85,568 = 3.9e-3 P,
 Table 1's "4e-3 P" (both parts are reported, see :meth:`Clr.count_breakdown`). ``skip_1x1: false`` also reprograms
-the three 1x1 downsample convs: 76,608 + 17,024 = 93,632 (4.4e-3 P). For ``recast+clr`` the reprogramming conv
+the three 1x1 downsample convs: 76,608 + 17,024 = 93,632 (4.3e-3 P). For ``recast+clr`` the reprogramming conv
 follows the generated-weight conv.
 """
 
