@@ -157,7 +157,7 @@ class Method:
 
     def selection(self) -> tuple[str, str]:
         """The validation metric that selects a task's epoch and its direction: ``("val/acc", "max")`` (the engine's
-        default) or ``("val/loss", "min")``."""
+        default) or ``("val/loss", "min")``; ``("none", "last")`` for runners that keep the last epoch (avalanche)."""
         return ("val/acc", "max")
 
     def validation_loss(
