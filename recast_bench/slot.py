@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-RUNS_PER_NODE_ENV = "RECAST_BENCH_RUNS_PER_NODE"  # read by recast_bench.engine.device.default_workers
+RUNS_PER_NODE_ENV = "RECAST_BENCH_RUNS_PER_NODE"
+"""How many runs share this machine's CPUs; recast_bench.engine.device.default_workers divides loader workers by it."""
 
 
 def visible_gpus() -> list[str]:

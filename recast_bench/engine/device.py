@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import fields
 from typing import Any
 
 import torch
 
 from recast_bench.errors import UserError
+from recast_bench.slot import RUNS_PER_NODE_ENV  # set by the bench slot launcher (stdlib only, no torch)
 
 CUBLAS_WORKSPACE = ":4096:8"
 """cuBLAS needs this before its first call for deterministic GEMMs (torch checks it once, at that call)."""
 
 PROFILES = ("auto", "cpu", "gpu")
 MAX_WORKERS = 8
-RUNS_PER_NODE_ENV = "RECAST_BENCH_RUNS_PER_NODE"
-"""Set by the bench slot launcher: how many runs share this machine's CPUs (loader workers are divided)."""
 
 
 def configure_cublas() -> None:
@@ -52,11 +50,6 @@ def default_workers(gpus: int) -> int:
     """Loader workers per run: the CPUs per GPU (or per concurrent run) on this machine, at most 8, at least 1."""
     share = max(gpus, int(os.environ.get(RUNS_PER_NODE_ENV, "0") or 0), 1)
     return max(1, min(_cpus() // share, MAX_WORKERS))
-
-
-def wants_cuda(tcfg: Any) -> bool:
-    """Whether the config asks for CUDA explicitly (``gpu``/``cuda``), as opposed to ``auto`` or ``cpu``."""
-    return str(tcfg.accelerator).lower() in ("gpu", "cuda")
 
 
 def uses_cuda(tcfg: Any) -> bool:
@@ -255,8 +248,3 @@ def device_record(device: torch.device, tcfg: Any) -> dict[str, Any]:
         rec["gpu_capability"] = f"sm_{cap[0]}{cap[1]}"
         rec["gpu_mem_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     return rec
-
-
-def config_fields(tcfg: Any) -> dict[str, Any]:
-    """The dataclass fields of a trainer config as a dict (what is written back into the run's config)."""
-    return {f.name: getattr(tcfg, f.name) for f in fields(tcfg)}
