@@ -192,13 +192,12 @@ def render_markdown(res: dict[str, Any]) -> str:
             ],
         )
         # The GPU input path beside the float CPU path, measured side by side (data/device_transforms.py).
-        rows = [["photos", dl.get("stored_side"), dl.get("float_cpu_img_s"), dl.get("uint8_device_img_s"),
-                 dl.get("uint8_over_float"), dl.get("batch_bytes_float"), dl.get("batch_bytes_uint8")]]  # fmt: skip
+        keys = ("stored_side", "float_cpu_img_s", "uint8_device_img_s", "uint8_over_float", "batch_bytes_float",
+                "batch_bytes_uint8")  # fmt: skip
+        rows = [["photos", *(dl.get(k) for k in keys)]]
         cifar = dl.get("cifar_like")
         if isinstance(cifar, dict):
-            rows.append(["CIFAR-like", cifar.get("stored_side"), cifar.get("float_cpu_img_s"),
-                         cifar.get("uint8_device_img_s"), cifar.get("uint8_over_float"),
-                         cifar.get("batch_bytes_float"), cifar.get("batch_bytes_uint8")])  # fmt: skip
+            rows.append(["CIFAR-like", *(cifar.get(k) for k in keys)])
         lines += [""]
         lines += _table(
             ["images", "stored side", "float CPU img/s", "uint8 device img/s", "ratio", "float bytes/batch",
