@@ -152,7 +152,7 @@ class RecastConfig(MethodConfig):
         """The Neural Mimicry settings of this variant (``mimic_init`` overrides the variant's init)."""
         return MimicConfig(
             loss=self.mimic_loss,
-            init=self.mimic_init or VARIANTS[self.variant],
+            init=self.mimic_init_resolved,
             iters=self.mimic_iters,
             template_ratio=self.mimic_template_ratio,
             set_spread=self.mimic_set_spread,
@@ -161,9 +161,14 @@ class RecastConfig(MethodConfig):
         )
 
     @property
+    def mimic_init_resolved(self) -> str:
+        """The Neural Mimicry init: ``mimic_init`` where set, else the variant's."""
+        return self.mimic_init or VARIANTS[self.variant]
+
+    @property
     def row_name(self) -> str:
         """The name of this configuration's row in tables and figures."""
-        return ROW_NAMES["svd" if (self.mimic_init or VARIANTS[self.variant]) == "svd" else "paper"]
+        return ROW_NAMES["svd" if self.mimic_init_resolved == "svd" else "paper"]
 
 
 PACKED_KEY = "recast.coefficients"
