@@ -5,7 +5,6 @@ training throughput of ``recast`` on ViT-S, and the training throughput ceiling 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recast_bench.engine.device import autocast
 from recast_bench.perf.common import error_reason, unavailable
 from recast_bench.perf.mimic import PAPER_TABLE5, mimic_one
 from recast_bench.perf.models import engine_optimizer, engine_trainable, method_model, seeded_backbone, train_step
@@ -20,12 +20,6 @@ from recast_bench.perf.models import engine_optimizer, engine_trainable, method_
 CEILING_MODES = ("fp32", "tf32", "bf16", "bf16_channels_last")
 """fp32: full-precision matmuls; tf32: TF32 matmuls and convolutions; bf16: autocast (with TF32 for what stays fp32);
 bf16_channels_last: bf16 with NHWC activations and weights (convolutional backbones only)."""
-
-
-def _mode_context(mode: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if mode.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def training_ceiling(
@@ -79,7 +73,7 @@ def _train_step(
     model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, mode: str, device: torch.device
 ) -> None:
     opt.zero_grad(set_to_none=True)
-    with _mode_context(mode, device):
+    with autocast(device, "bf16-mixed" if mode.startswith("bf16") else None):
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
