@@ -54,12 +54,17 @@ def build_run_overrides(args: argparse.Namespace) -> list[str]:
     return ov + list(args.overrides)
 
 
-def _check_group_option(group: str, name: str | None) -> None:
+def config_options(group: str) -> list[str]:
+    """Every value of a config group: its conf/GROUP/*.yaml files (for streams, more than the registered builders)."""
     from recast_bench.config import CONF_DIR
 
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_group_option(group: str, name: str | None) -> None:
     if name is None:
         return
-    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    options = config_options(group)
     if name not in options:
         raise UserError(f"unknown {group} {name!r}; valid: {', '.join(options)}")
 
@@ -95,20 +100,13 @@ def method_description(cls: type) -> str:
     return first_line(module.__doc__ if module else None) or own
 
 
-def stream_options() -> list[str]:
-    """Every --stream value: the conf/stream/*.yaml files (several share one registered builder, e.g. six_quick)."""
-    from recast_bench.config import CONF_DIR
-
-    return sorted(p.stem for p in (CONF_DIR / "stream").glob("*.yaml"))
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from recast_bench.registry import BACKBONES, METHODS, all_method_names, load_all
 
     load_all()
     print("methods:   " + " ".join(all_method_names()))
     print("backbones: " + " ".join(BACKBONES.names()))
-    print("streams:   " + " ".join(stream_options()))
+    print("streams:   " + " ".join(config_options("stream")))
     if args.verbose:
         print()
         for name in METHODS.names():
