@@ -75,12 +75,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from recast_bench.deploy import load_run
-    from recast_bench.deploy.pack import write_pack
-    from recast_bench.errors import UserError
+    from recast_bench.deploy.pack import check_out_file, write_pack
 
     _quiet()
-    if Path(args.out).exists() and not args.force:
-        raise UserError(f"{args.out} already exists; pass --force to overwrite it")
+    check_out_file(Path(args.out), args.force)  # before the (slow) model rebuild
     run = load_run(args.run)
     info = write_pack(run, args.out, force=args.force)
     print(

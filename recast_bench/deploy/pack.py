@@ -26,13 +26,17 @@ def pack_tensors(states: dict[int, dict[str, torch.Tensor]], names: list[str]) -
     return {f"{names[t]}/{k}": v.detach().cpu().contiguous() for t, state in states.items() for k, v in state.items()}
 
 
+def check_out_file(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it")
+
+
 def write_pack(run: LoadedRun, path: str | Path, force: bool = False) -> dict[str, Any]:
     """Write ``run``'s task pack to ``path``; returns its summary (total and per-task bytes)."""
     from recast_bench.engine.checkpoint import save_tensors
 
     path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it")
+    check_out_file(path, force)
     names = [t.name for t in run.tasks]
     meta = {
         "format": FORMAT,
