@@ -170,6 +170,11 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     except Exception as e:
         # show the override as the user typed it, not with the "++" that _force_group_keys added
         raise UserError(f"bad override: {str(e).splitlines()[0].replace(chr(39) + '++', chr(39))}") from None
+    return finish_config(cfg)
+
+
+def finish_config(cfg: DictConfig) -> DictConfig:
+    """Apply the protocol card and validate every group of a composed config (``recast-bench run`` and sweep jobs)."""
     OmegaConf.set_struct(cfg, False)
     from recast_bench.protocol.apply import apply_card
 

@@ -19,21 +19,13 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recast_bench.config import CONF_DIR, GROUPS, validate_group
+from recast_bench.config import CONF_DIR, finish_config
 from recast_bench.errors import UserError
 
 
 def _validated(cfg: DictConfig) -> DictConfig:
-    """Same per-group validation as :func:`recast_bench.config.compose_config`, on Hydra's composed config."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # detach from Hydra's struct/readonly flags
-    OmegaConf.set_struct(cfg, False)
-    from recast_bench.protocol.apply import apply_card
-
-    apply_card(cfg)  # as compose_config: the method's paper-row card beneath the experiment and the overrides
-    for name, schema in GROUPS.items():
-        cfg[name] = validate_group(name, cfg.get(name), schema)
-    OmegaConf.resolve(cfg)
-    return cfg
+    """The card and per-group validation of :func:`recast_bench.config.compose_config`, on Hydra's composed config."""
+    return finish_config(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))  # detached from Hydra's flags
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
