@@ -118,6 +118,10 @@ def test_wandb_grouping_by_backbone_stream_protocol():
                  "tags": ["seed-1998", "method-recast+melo"]}  # fmt: skip
     assert wandb_grouping({**cfg, "protocol": "table2-recast"})["group"] == "vit_small-six-table2-recast"
     assert wandb_grouping(cfg, LoggerConfig(group="mine", tags=["x"]))["group"] == "mine"
+    # the protocol block a run records: methods of one paper table share a group; card-less runs are "default"
+    card = {"card": "melo", "table": "table2", "overridden": [], "unapplied": []}
+    assert wandb_grouping({**cfg, "protocol": card})["group"] == "vit_small-six-table2"
+    assert wandb_grouping({**cfg, "protocol": {**card, "card": None}})["group"] == "vit_small-six-default"
     # the report run joins the runs' group when they share one
     runs = [{"config": cfg}, {"config": {**cfg, "method_name": "melo", "seed": 42}}]
     assert report_group(runs) == ("vit_small-six-default", [])

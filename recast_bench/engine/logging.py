@@ -30,14 +30,15 @@ _FIRST_COLUMNS = ["task_index", "task", "epoch", "step"]
 def wandb_grouping(config: dict, lcfg: LoggerConfig | None = None) -> dict[str, Any]:
     """W&B ``group``, ``job_type`` and ``tags`` of a run, so a synced project already compares methods.
 
-    Runs are grouped by backbone, stream and protocol (the protocol card id, ``default`` when the run used none),
-    the method is the job type, and the seed is a tag. ``logger.group`` / ``logger.tags`` set by the user win / add.
+    Runs are grouped by backbone, stream and protocol (the paper table whose cards the run followed, e.g. ``table2``;
+    ``default`` when it used no card), so every method of one table lands in one group; the method is the job type
+    and the seed a tag. ``logger.group`` / ``logger.tags`` set by the user win / add.
     """
     backbone = str((config.get("backbone") or {}).get("name", "unknown"))
     stream = str((config.get("stream") or {}).get("name", "unknown"))
     protocol = config.get("protocol") or config.get("card") or "default"
-    if isinstance(protocol, dict):  # a card given as a mapping carries its id
-        protocol = protocol.get("id") or protocol.get("name") or "default"
+    if isinstance(protocol, dict):  # the recorded card (protocol/apply.py): its table, not the per-method card id
+        protocol = (protocol.get("table") if protocol.get("card") else None) or "default"
     group = f"{backbone}-{stream}-{protocol}"
     tags = [f"seed-{config.get('seed')}", f"method-{config.get('method_name', 'unknown')}"]
     if lcfg is not None:
