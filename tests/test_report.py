@@ -61,6 +61,10 @@ def inputs(tmp_path_factory):
     return base, runs, mimic
 
 
+def runs_of(runs: dict) -> set[str]:
+    return {m for m, _ in runs}
+
+
 def _csv(path: Path) -> dict[str, dict[str, str]]:
     with path.open() as f:
         return {row["method"]: row for row in csv.DictReader(f)}
@@ -85,6 +89,23 @@ def test_report_tables_match_runs_and_show_paper(inputs, tmp_path, capsys):
         assert float(row["params_fraction"]) == pytest.approx(params / bb)
         assert int(row["bytes_per_task"]) == max(b for s in (1, 2) for b in runs[(method, s)]["bytes_per_task"])
     assert int(t2["finetune"]["params_per_task"]) > 0 == int(t2["linear"]["params_per_task"])
+    # Two seeds: a t interval with 1 degree of freedom, t(0.975, 1) = 12.7062 (tables).
+    accs = [runs[("finetune", s)]["avg_acc"] for s in (1, 2)]
+    half = 12.7062 * statistics.stdev(accs) / 2**0.5
+    assert float(t2["finetune"]["acc_hi"]) == pytest.approx(statistics.fmean(accs) + half, rel=1e-5)
+    metrics = _csv(out / "tables" / "metrics_vit_tiny_synthetic.csv")
+    fgt = [r["acc_matrix"][0][0] - r["acc_matrix"][1][0] for r in (runs[("finetune", s)] for s in (1, 2))]
+    assert float(metrics["finetune"]["forgetting"]) == pytest.approx(statistics.fmean(fgt))  # two tasks: R00 - R10
+    with (out / "tables" / "tests_vit_tiny_synthetic.csv").open() as f:
+        tests = {(r["method"], r["test"]): r for r in csv.DictReader(f)}
+    paired = tests[("finetune", "paired t over seeds")]
+    lin = [runs[("linear", s)]["avg_acc"] for s in (1, 2)]
+    assert float(paired["diff"]) == pytest.approx(statistics.fmean(accs) - statistics.fmean(lin))
+    has_predictions = all(
+        (base / f"{m}-s{s}" / "predictions.safetensors").is_file() for m in runs_of(runs) for s in (1, 2)
+    )
+    image_test = tests[("finetune", "paired bootstrap over images")]
+    assert (image_test["verdict"] != "n/a") == has_predictions  # made exactly when the engine wrote predictions
     # The paper's column sits beside ours, with the difference.
     assert float(t2["linear"]["paper_acc"]) == 82.4
     assert float(t2["linear"]["acc_diff"]) == pytest.approx(float(t2["linear"]["acc"]) - 82.4)
@@ -119,6 +140,7 @@ def test_report_tables_match_runs_and_show_paper(inputs, tmp_path, capsys):
         "figure8_coef_similarity.png",
     ]
     expected += [f"heatmaps/{m}-vit_tiny-synthetic-s{s}.png" for m in ("linear", "finetune") for s in (1, 2)]
+    expected += ["front_vit_tiny_synthetic.png", "curves_vit_tiny_synthetic.png"]
     for name in expected:
         assert (figs / name).stat().st_size > 1000, name
         assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

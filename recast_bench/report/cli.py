@@ -51,12 +51,13 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def terminal_table(t) -> str:  # noqa: ANN001 (tables.Table)
-    """A compact fixed-width view of Table 1/2: ours beside the paper's."""
-    from recast_bench.report.tables import fmt
+    """A compact fixed-width view of Table 1/2: ours (mean ± 95 % t half-width) beside the paper's."""
+    from recast_bench.report.table import ci_cell, fmt
 
-    cols = ["method", "seeds", "params_per_task", "params_fraction", "acc", "acc_std", "paper_acc", "acc_diff"]
-    idx = [t.columns.index(c) for c in cols]
-    cells = [cols] + [[fmt(r[i]) for i in idx] for r in t.rows]
+    cols = ["method", "seeds", "params_per_task", "acc", "vs_linear_seeds", "vs_linear_images", "paper_acc",
+            "paper_vs_ci"]  # fmt: skip
+    acc = ci_cell("acc", n="seeds")
+    cells = [cols] + [[acc(rec) if c == "acc" else fmt(rec.get(c)) for c in cols] for rec in t.records()]
     widths = [max(len(row[k]) for row in cells) for k in range(len(cols))]
     lines = [t.title, "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(cells[0], widths)))]
     lines.append("-" * len(lines[-1]))

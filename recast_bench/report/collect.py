@@ -20,6 +20,8 @@ from typing import Any
 
 from recast_bench.engine.results import validate
 from recast_bench.errors import UserError
+from recast_bench.report.schema import check_results_schema
+from recast_bench.report.stats import Interval, t_interval
 
 RESULTS = "results.json"
 MIMIC = "report.json"
@@ -95,6 +97,7 @@ def load_inputs(patterns: list[str], allow_incomplete: bool = False) -> Inputs:
                 continue
             inp.mimic.append(data)
         else:
+            check_results_schema(data, f)
             try:
                 validate(data)
             except ValueError as e:
@@ -193,6 +196,17 @@ class Group:
     @property
     def tasks(self) -> list[str]:
         return list(self.runs[0]["tasks"])
+
+    def by_seed(self) -> dict[int, dict]:
+        return {int(r["seed"]): r for r in self.runs}
+
+    def interval(self, key: str = "avg_acc") -> Interval | None:
+        """Mean over seeds of a run-level number with its 95 % t interval (none for one seed)."""
+        return t_interval([r.get(key) for r in self.runs])
+
+    def task_interval(self, j: int) -> Interval | None:
+        """Mean over seeds of task j's final accuracy with its 95 % t interval."""
+        return t_interval([r["final_acc"][j] if j < len(r["final_acc"]) else None for r in self.runs])
 
     def acc(self) -> tuple[float | None, float | None]:
         """Mean and std over seeds of the average final accuracy."""

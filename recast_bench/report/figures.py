@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 
 from recast_bench.report import paper
+from recast_bench.report.analysis import TableAnalysis
 from recast_bench.report.collect import Group, Inputs, label_of, recast_settings
+from recast_bench.report.stats import Interval, t_interval
 
 
 class Skip(Exception):
@@ -26,16 +28,31 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
+def _save(fig, path: Path, tight: bool = False) -> Path:  # noqa: ANN001
+    """Write a PNG; ``tight`` crops to the drawn area (for a legend outside the axes; it renders twice)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight" if tight else None)
     _plt().close(fig)
     return path
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s)
+
+
+def colours(n: int) -> list:
+    """``n`` distinct colours: matplotlib's default cycle up to 10, tab20 beyond (the default repeats after 10)."""
+    plt = _plt()
+    if n <= 10:
+        return plt.rcParams["axes.prop_cycle"].by_key()["color"][:n] or ["C0"]
+    cmap = plt.get_cmap("tab20")
+    return [cmap(i % 20) for i in range(n)]
+
+
+def _yerr(iv: Interval) -> list[list[float]] | None:
+    """Asymmetric error bar of a t interval; ``None`` (no bar) for one seed."""
+    return None if iv.lo is None else [[iv.mean - iv.lo], [iv.hi - iv.mean]]  # type: ignore[operator]
 
 
 def figure3(groups: list[Group], out: Path) -> list[Path]:
@@ -49,10 +66,12 @@ def figure3(groups: list[Group], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(9.5, 4.8))
         members = [g for g in groups if (g.backbone, g.stream) == (backbone, stream)]
         for g in members:
-            acc, std = g.acc()
+            iv = g.interval()
+            if iv is None:
+                continue
             x = max(g.params_per_task() or 0, 1)  # 0 learnt params (linear probe) sits at 1 on the log axis
-            ax.errorbar([x], [acc], yerr=[std or 0.0], fmt="o", capsize=3, label=g.label)
-            ax.annotate(g.label, (x, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.errorbar([x], [iv.mean], yerr=_yerr(iv), fmt="o", capsize=3, label=g.label)
+            ax.annotate(g.label, (x, iv.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
         table = paper.load(paper.main_table_for(backbone))
         bb = max((g.backbone_params() or 0) for g in members)
         if backbone == table["backbone"] and bb:
@@ -64,7 +83,7 @@ def figure3(groups: list[Group], out: Path) -> list[Path]:
                 ax.annotate(lab, (x, y), fontsize=6, color="grey", xytext=(3, -8), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("learnt parameters per task (head excluded; 0 drawn at 1)")
-        ax.set_ylabel("average top-1 (%)")
+        ax.set_ylabel("average top-1 (%), bars: 95 % t interval")
         ax.set_title(f"Figure 3: accuracy vs per-task parameters ({backbone}, {stream})", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: points stay visible
@@ -92,14 +111,14 @@ def figure4(groups: list[Group], out: Path) -> list[Path]:
             xs, ys, es = [], [], []
             for k, b in enumerate(backbones):
                 g = next((g for g in members if g.backbone == b and g.label == lab), None)
-                if g is not None:
-                    acc, std = g.acc()
+                iv = g.interval() if g is not None else None
+                if iv is not None:
                     xs.append(k + i * width)
-                    ys.append(acc)
-                    es.append(std or 0.0)
-            ax.bar(xs, ys, width, yerr=es, capsize=3, label=lab)
+                    ys.append(iv.mean)
+                    es.append(0.0 if iv.half is None else iv.half)  # one seed: a bar without an error bar
+            ax.bar(xs, ys, width, yerr=es if any(es) else None, capsize=3, label=lab)
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(backbones))], backbones)
-        ax.set_ylabel("average top-1 (%)")
+        ax.set_ylabel("average top-1 (%), bars: 95 % t interval")
         ax.set_title(f"Figure 4: backbone scales ({stream})", fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(True, axis="y", alpha=0.3)
@@ -260,3 +279,45 @@ def heatmaps(runs: list[dict], out: Path) -> list[Path]:
         name = _slug(f"{label_of(r)}-{r['backbone']}-{r['stream']}-s{r['seed']}")
         written.append(_save(fig, out / "heatmaps" / f"{name}.png"))
     return written
+
+
+def task_curves(ta: TableAnalysis, out: Path) -> Path:
+    """Per task, its test accuracy after each training step (mean over seeds; shaded: 95 % t interval)."""
+    import numpy as np
+
+    tasks = ta.members[0].tasks
+    members = [g for g in ta.members if g.tasks == tasks]
+    if len(tasks) < 2:
+        raise Skip("one task: no curve to draw")
+    plt = _plt()
+    cols = min(len(tasks), 3)
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    palette = colours(len(members))
+    shade = len(members) <= 6  # more bands than that hide each other; the lines stay
+    for j, task in enumerate(tasks):
+        ax = axes[j // cols][j % cols]
+        for g, colour in zip(members, palette):
+            steps = list(range(j, len(tasks)))
+            ivs = [t_interval([r["acc_matrix"][i][j] for r in g.runs]) for i in steps]
+            keep = [(i, iv) for i, iv in zip(steps, ivs) if iv is not None]
+            if not keep:
+                continue
+            x = np.array([i + 1 for i, _ in keep])
+            ax.plot(x, [iv.mean for _, iv in keep], marker="o", ms=3, label=g.label, color=colour)
+            if shade and all(iv.lo is not None for _, iv in keep):
+                ax.fill_between(x, [iv.lo for _, iv in keep], [iv.hi for _, iv in keep], color=colour, alpha=0.15)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, -2.0), min(hi, 102.0))  # a band may pass 0 or 100; accuracy cannot
+        ax.set_title(f"{task}", fontsize=9)
+        ax.set_xlabel("after training task", fontsize=8)
+        ax.set_ylabel("test top-1 (%)", fontsize=8)
+        ax.set_xticks(range(1, len(tasks) + 1))
+        ax.grid(True, alpha=0.3)
+    for k in range(len(tasks), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    band = "shaded: 95 % t interval" if shade else "means over seeds; intervals in the transfer table"
+    fig.suptitle(f"Per-task accuracy over the stream, {ta.backbone} / {ta.stream} ({band})", fontsize=10)
+    return _save(fig, out / f"curves_{ta.slug}.png", tight=True)

@@ -6,78 +6,21 @@ A :class:`Table` keeps raw values (written to CSV at full precision) and renders
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from recast_bench.report import paper
+from recast_bench.report import paper, stats
+from recast_bench.report.analysis import TableAnalysis
 from recast_bench.report.collect import Group, Inputs, label_of
+from recast_bench.report.compare import mark
+from recast_bench.report.table import Row, Table, ci_cell, fmt, interval_values
+
+__all__ = ["Table", "fmt"]  # re-exported: report.cli and older callers import them from here
 
 PAPER_BACKBONE_NAMES = {"resnet34": "ResNet-34", "vit_small": "ViT-S"}
 
 
-@dataclass
-class Table:
-    """One table: ``key`` names its files, ``columns`` and ``rows`` hold raw values (``None`` = empty)."""
-
-    key: str
-    title: str
-    columns: list[str]
-    rows: list[list[Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def column(self, name: str) -> list[Any]:
-        i = self.columns.index(name)
-        return [r[i] for r in self.rows]
-
-    def to_markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |"]
-        lines.append("|" + "|".join("---" for _ in self.columns) + "|")
-        for r in self.rows:
-            lines.append("| " + " | ".join(fmt(v) for v in r) + " |")
-        lines += [""] + [f"- {n}" for n in self.notes]
-        return "\n".join(lines).rstrip() + "\n"
-
-    def write(self, out_dir: Path) -> list[Path]:
-        """Write ``<key>.md`` and ``<key>.csv``; returns both paths."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        md, cs = out_dir / f"{self.key}.md", out_dir / f"{self.key}.csv"
-        md.write_text(self.to_markdown())
-        with cs.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(self.columns)
-            w.writerows([["" if v is None else v for v in r] for r in self.rows])
-        return [md, cs]
-
-
-def fmt(v: Any) -> str:
-    """Markdown cell: thousands separators for ints, 2 decimals for floats, scientific for tiny fractions."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if v != 0 and abs(v) < 0.01:
-            return f"{v:.1e}"
-        return f"{v:.2f}"
-    return str(v)
-
-
 def diff(ours: float | None, theirs: float | None) -> float | None:
     return None if ours is None or theirs is None else ours - theirs
-
-
-def _paper_order(groups: list[Group], table: str) -> list[Group]:
-    order = {(r["method"], r.get("variant")): i for i, r in enumerate(paper.load(table)["rows"])}
-
-    def key(g: Group) -> tuple:
-        i = order.get((g.method, g.variant), order.get((g.method, None), len(order)))
-        return (i, g.label)
-
-    return sorted(groups, key=key)
 
 
 MAIN_COLUMNS = [
@@ -88,9 +31,15 @@ MAIN_COLUMNS = [
     "head_params_per_task",
     "bytes_per_task",
     "acc",
+    "acc_lo",
+    "acc_hi",
     "acc_std",
     "bwt",
     "wall_s",
+    "vs_linear_seeds",
+    "vs_linear_images",
+    "vs_recast_seeds",
+    "vs_recast_images",
     "paper_method",
     "paper_params",
     "paper_fraction",
@@ -98,110 +47,166 @@ MAIN_COLUMNS = [
     "paper_acc",
     "paper_acc_std",
     "acc_diff",
+    "paper_vs_ci",
+]
+MAIN_MD = [
+    "method",
+    "seeds",
+    "params_per_task",
+    "params_fraction",
+    "bytes_per_task",
+    "acc",
+    "bwt",
+    "vs_linear_seeds",
+    "vs_linear_images",
+    "vs_recast_seeds",
+    "vs_recast_images",
+    "paper_method",
+    "paper_fraction",
+    "paper_acc",
+    "acc_diff",
+    "paper_vs_ci",
 ]
 
+TEST_NOTE = (
+    "vs_<ref>_seeds: paired t-test across seeds (seed s against seed s) on average accuracy; vs_<ref>_images: "
+    "paired bootstrap over test images of the seed-averaged difference, resampled within each task. Marks: better "
+    "/ worse when the Holm-adjusted p < 0.05 (one Holm family per test over every comparison of this table), else "
+    "within noise; n/a: the test could not be made (see the tests table and the README's notes)."
+)
 
-def main_tables(groups: list[Group]) -> list[Table]:
+
+def _tests(ta: TableAnalysis, g: Group, ref: str) -> list[str | None]:
+    c = ta.comparison(g, ref)
+    if c is None:
+        return [None, None]
+    return [mark(c.seeds), mark(c.images)]
+
+
+def _main_row(ta: TableAnalysis, g: Group) -> list[Any]:
+    iv = g.interval()
+    acc, std = g.acc()
+    params, bb = g.params_per_task(), g.backbone_params()
+    row = paper.main_row(ta.paper_table, g.method, g.variant)
+    theirs = row["acc"] if row else None
+    return [
+        g.label,
+        len(g.runs),
+        params,
+        (params / bb) if params is not None and bb else None,
+        g.head_params_per_task(),
+        g.bytes_per_task(),
+        acc,
+        *interval_values(iv)[1:],
+        std,
+        g.bwt(),
+        g.wall_s(),
+        *_tests(ta, g, "linear"),
+        *_tests(ta, g, "recast"),
+        row["label"] if row else None,
+        row["learnt_params"] if row else None,
+        row["fraction"] if row else None,
+        row["storage"] if row else None,
+        theirs,
+        row["std"] if row else None,
+        diff(acc, theirs),
+        stats.vs_paper(iv, theirs),
+    ]
+
+
+def main_tables(analyses: list[TableAnalysis]) -> list[Table]:
     """Table 1 (ResNet family) / Table 2 (ViT family): one table per backbone and stream among the runs."""
     tables = []
-    for backbone, stream in sorted({(g.backbone, g.stream) for g in groups}):
-        table = paper.main_table_for(backbone)
-        number = "1" if table.startswith("table1") else "2"
-        paper_bb = paper.load(table)["backbone"]
-        members = _paper_order([g for g in groups if (g.backbone, g.stream) == (backbone, stream)], table)
+    for ta in analyses:
+        paper_bb = paper.load(ta.paper_table)["backbone"]
         t = Table(
-            key=f"table{number}_{backbone}_{stream}",
-            title=f"Table {number} ({PAPER_BACKBONE_NAMES[paper_bb]}): ours on {backbone} / {stream}, "
+            key=f"table{ta.number}_{ta.slug}",
+            title=f"Table {ta.number} ({PAPER_BACKBONE_NAMES[paper_bb]}): ours on {ta.backbone} / {ta.stream}, "
             f"paper on {paper_bb}",
             columns=list(MAIN_COLUMNS),
+            md_columns=list(MAIN_MD),
+            md_cells={"acc": ci_cell("acc", n="seeds")},
         )
-        for g in members:
-            acc, std = g.acc()
-            params, bb = g.params_per_task(), g.backbone_params()
-            row = paper.main_row(table, g.method, g.variant)
-            t.rows.append(
-                [
-                    g.label,
-                    len(g.runs),
-                    params,
-                    (params / bb) if params is not None and bb else None,
-                    g.head_params_per_task(),
-                    g.bytes_per_task(),
-                    acc,
-                    std,
-                    g.bwt(),
-                    g.wall_s(),
-                    row["label"] if row else None,
-                    row["learnt_params"] if row else None,
-                    row["fraction"] if row else None,
-                    row["storage"] if row else None,
-                    row["acc"] if row else None,
-                    row["std"] if row else None,
-                    diff(acc, row["acc"] if row else None),
-                ]
-            )
-        matched = {id(paper.main_row(table, g.method, g.variant)) for g in members}
-        for row in paper.load(table)["rows"]:  # the paper's rows we have no run for, so the table stays complete
+        t.rows = [_main_row(ta, g) for g in ta.members]
+        matched = {id(paper.main_row(ta.paper_table, g.method, g.variant)) for g in ta.members}
+        for row in paper.load(ta.paper_table)["rows"]:  # the paper's rows we have no run for: the table stays whole
             if id(row) not in matched:
                 label = f"{row['method']}[{row['variant']}]" if row.get("variant") else row["method"]
                 t.rows.append(
                     [label, 0]
-                    + [None] * 8
-                    + [
-                        row["label"],
-                        row["learnt_params"],
-                        row["fraction"],
-                        row["storage"],
-                        row["acc"],
-                        row["std"],
-                        None,
-                    ]
+                    + [None] * (MAIN_COLUMNS.index("paper_method") - 2)
+                    + [row["label"], row["learnt_params"], row["fraction"], row["storage"], row["acc"], row["std"]]
+                    + [None, None]
                 )
         t.notes = [
-            "acc: average final top-1 (%) over tasks, mean over seeds; acc_std: sample std over seeds "
-            "(— for one seed).",
+            "acc: average final top-1 (%) over tasks, mean over seeds ± the half-width of its 95 % Student-t "
+            "interval (n - 1 degrees of freedom; acc_lo / acc_hi in the CSV); one seed has no interval and says so. "
+            "acc_std: sample std over seeds.",
+            TEST_NOTE,
+            "paper_vs_ci: whether the paper's number lies inside our 95 % interval (outside: paper above / below).",
             "params_per_task: trainable parameters of the costliest task, head excluded; params_fraction: of the "
             "backbone's parameters; bytes_per_task: the method's saved per-task state (head excluded).",
-            "paper_*: " + paper.load(table)["source"] + ". acc_diff = acc - paper_acc.",
+            "paper_*: " + paper.load(ta.paper_table)["source"] + ". acc_diff = acc - paper_acc.",
         ]
-        if backbone != paper_bb:
-            t.notes.append(f"Ours run on {backbone}, the paper's on {paper_bb}: the difference is not a reproduction.")
-        for row in paper.load(table)["rows"]:
-            if row.get("note") and any(r[10] == row["label"] for r in t.rows):
+        if ta.backbone != paper_bb:
+            t.notes.append(
+                f"Ours run on {ta.backbone}, the paper's on {paper_bb}: the difference is not a reproduction."
+            )
+        for row in paper.load(ta.paper_table)["rows"]:
+            if row.get("note") and any(r[MAIN_COLUMNS.index("paper_method")] == row["label"] for r in t.rows):
                 t.notes.append(f"paper {row['label']}: {row['note']}.")
         tables.append(t)
     return tables
 
 
-def per_dataset_tables(groups: list[Group]) -> list[Table]:
-    """Table 4: final accuracy per task, ours (mean over seeds) beside the paper's per dataset."""
+def _task_paper_cell(task: str) -> Any:  # noqa: ANN401 (a cell function)
+    def cell(rec: Row) -> str:
+        theirs = rec.get(f"{task}_paper")
+        if theirs is None:
+            return "—"
+        where = rec.get(f"{task}_paper_vs_ci")
+        return f"{theirs:.2f}" + (f" ({where})" if where else "")
+
+    return cell
+
+
+def per_dataset_tables(analyses: list[TableAnalysis]) -> list[Table]:
+    """Table 4: final accuracy per task, ours (mean over seeds, 95 % t interval) beside the paper's per dataset."""
     tables = []
     paper_tasks = paper.load("table4_per_dataset")["tasks"]
-    for backbone, stream in sorted({(g.backbone, g.stream) for g in groups}):
-        members = [g for g in groups if (g.backbone, g.stream) == (backbone, stream)]
-        members = _paper_order(members, paper.main_table_for(backbone))
-        tasks = members[0].tasks
-        cols = ["method", "seeds"]
+    for ta in analyses:
+        tasks = ta.members[0].tasks
+        cols, md_cols, cells = ["method", "seeds"], ["method", "seeds"], {}
         for task in tasks:
-            cols += [task, f"{task}_paper", f"{task}_diff"]
+            cols += [task, f"{task}_lo", f"{task}_hi", f"{task}_paper", f"{task}_diff", f"{task}_paper_vs_ci"]
+            md_cols += [task, f"{task}_paper"]
+            cells[task] = ci_cell(task, n="seeds")
+            cells[f"{task}_paper"] = _task_paper_cell(task)
         t = Table(
-            key=f"table4_{backbone}_{stream}",
-            title=f"Table 4: per-dataset accuracy, {backbone} / {stream}",
+            key=f"table4_{ta.slug}",
+            title=f"Table 4: per-dataset accuracy, {ta.backbone} / {ta.stream}",
             columns=cols,
+            md_columns=md_cols,
+            md_cells=cells,
         )
-        for g in members:
-            row = paper.per_dataset_row(backbone, g.method, g.variant)
-            cells: list[Any] = [g.label, len(g.runs)]
-            for j, (mean, _std) in enumerate(g.task_acc() if g.tasks == tasks else [(None, None)] * len(tasks)):
-                theirs = row["acc"][paper_tasks.index(tasks[j])] if row and tasks[j] in paper_tasks else None
-                cells += [mean, theirs, diff(mean, theirs)]
-            t.rows.append(cells)
+        for g in ta.members:
+            row = paper.per_dataset_row(ta.backbone, g.method, g.variant)
+            out: list[Any] = [g.label, len(g.runs)]
+            for j, task in enumerate(tasks):
+                iv = g.task_interval(j) if g.tasks == tasks else None
+                theirs = row["acc"][paper_tasks.index(task)] if row and task in paper_tasks else None
+                mean = iv.mean if iv else None
+                out += [*interval_values(iv), theirs, diff(mean, theirs), stats.vs_paper(iv, theirs)]
+            t.rows.append(out)
         t.notes = [
-            "Final accuracy (%) of each task after the last task, mean over seeds.",
+            "Final accuracy (%) of each task after the last task: mean over seeds ± the half-width of its 95 % t "
+            "interval (one seed: no interval). The paper's number is marked inside / outside that interval.",
             "paper: " + paper.load("table4_per_dataset")["source"] + ".",
         ]
         if not set(tasks) & set(paper_tasks):
             t.notes.append("This stream's tasks are not the paper's datasets, so the paper columns are empty.")
+        if any(g.tasks != tasks for g in ta.members):
+            t.notes.append("Rows that ran other tasks than the first row are left empty.")
         tables.append(t)
     return tables
 
