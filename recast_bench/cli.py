@@ -20,6 +20,8 @@ SUBCOMMAND_MODULES = (
     "recast_bench.recast.cli",
     "recast_bench.data.cli",
     "recast_bench.report.cli",
+    "recast_bench.report.leaderboard",
+    "recast_bench.report.dashboard",
     "recast_bench.perf",
     "recast_bench.cost",
     "recast_bench.deploy.cli",
