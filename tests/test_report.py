@@ -208,6 +208,27 @@ def test_report_user_errors(tmp_path, capsys):
     assert "results lack" in capsys.readouterr().err
 
 
+def test_backfill_predictions_from_stored_task_states(inputs, tmp_path, capsys):
+    """Old runs get predictions from their task states when the engine records them, or one clear line."""
+    from recast_bench.report.predictions import load_predictions
+    from recast_bench.report.predictions import main as backfill_main
+
+    base, runs, _ = inputs
+    run = tmp_path / "run"
+    shutil.copytree(base / "linear-s1", run)
+    (run / "predictions.safetensors").unlink(missing_ok=True)
+    rc = backfill_main([str(run)])
+    if rc == 2:  # this checkout's learner keeps no per-image predictions: say so, write nothing
+        assert "learner.last_predictions" in capsys.readouterr().err
+        assert not (run / "predictions.safetensors").exists()
+        return
+    assert rc == 0
+    p = load_predictions(run)
+    for j, task in enumerate(runs[("linear", 1)]["tasks"]):
+        assert 100.0 * p.right(task).mean() == pytest.approx(runs[("linear", 1)]["final_acc"][j])
+    assert backfill_main([str(run)]) == 2  # exists: not overwritten without --force
+
+
 def test_progress_counts_runs(inputs, capsys):
     from recast_bench.report.progress import main
 

@@ -72,7 +72,8 @@ def _data_notes(inp: Inputs) -> list[str]:
         notes.append(
             f"tests over test images: not available for {len(lacking)} of {len(inp.runs)} runs ({names}): "
             "no predictions.safetensors (runs from before the engine wrote them); only the tests across "
-            "seeds are made for them"
+            "seeds are made for them (`python -m recast_bench.report.predictions RUN...` writes the file from a "
+            "finished run's stored task states)"
         )
     return notes
 

@@ -86,3 +86,59 @@ def load_predictions(run_dir: str | Path) -> Predictions | None:
     if set(pred) != set(label) or any(pred[t].shape != label[t].shape or pred[t].ndim != 1 for t in pred):
         raise UserError(f"{f}: every pred/<task> needs a label/<task> of the same length")
     return Predictions(pred, label, meta)
+
+
+def backfill(run_dir: str | Path, force: bool = False) -> Path:
+    """Write the predictions of a finished run that has none, from its stored task states (a run from before the
+    engine wrote them): every task is evaluated once on its test set with the run's own evaluation code.
+
+    Needs an engine whose learner records ``last_predictions`` after ``evaluate`` (CONTRACTS.md); avalanche runs,
+    which cannot be reloaded, are refused by :func:`recast_bench.deploy.run.load_run` in one line.
+    """
+    from recast_bench.deploy.run import load_run
+
+    run_dir = Path(run_dir)
+    target = run_dir / FILE
+    if target.exists() and not force:
+        raise UserError(f"{target} exists (use --force to write it again)")
+    run = load_run(run_dir)
+    per_task = {}
+    for info in run.tasks:
+        acc = run.evaluate(info.name)
+        last = getattr(run.learner, "last_predictions", None)
+        if last is None:
+            raise UserError(
+                "this checkout's engine does not record per-image predictions (learner.last_predictions); "
+                "update recast-bench, then run this again"
+            )
+        pred, label = last
+        got = 100.0 * float((np.asarray(pred) == np.asarray(label)).mean()) if len(label) else 0.0
+        if abs(got - acc) > 1e-6:  # the predictions must be the evaluation's own
+            raise UserError(f"{run_dir}: predictions of {info.name} give {got:.4f} % but the evaluation {acc:.4f} %")
+        per_task[info.name] = (pred, label)
+    meta = {"after_task": run.tasks[-1].name, "fingerprint": run.results.get("fingerprint", ""), "backfilled": "true"}
+    return save_predictions(target, per_task, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recast_bench.report.predictions RUN... [--force]``: backfill predictions of finished runs."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        description="Write predictions.safetensors for finished runs that have none, from their stored task states."
+    )
+    p.add_argument("runs", nargs="+", help="finished run directories")
+    p.add_argument("--force", action="store_true", help="write again where the file exists")
+    args = p.parse_args(argv)
+    try:
+        for r in args.runs:
+            print(f"wrote {backfill(r, args.force)}", file=sys.stderr)
+    except UserError as e:
+        print(f"recast-bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
