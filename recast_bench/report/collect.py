@@ -137,10 +137,11 @@ def label_of(res: dict) -> str:
 
 # Config keys that differ between seeds of one setting, or only change where/how a run is shown.
 # Keys that say where or how a run executed, not what it computed: seeds of one setting run on different machines
-# (other worker counts, pinning, profile names) still group together. Precision and determinism are settings.
+# (other worker counts, pinning, profile names, data roots) still group together. Precision and determinism are
+# settings.
 _NOT_SETTINGS = {
     "seed", "out", "logger", "paths", "progress_bar", "num_workers", "persistent_workers", "pin_memory", "profile",
-    "resolved_profile", "method_name", "protocol",
+    "resolved_profile", "method_name", "protocol", "root",
 }  # fmt: skip
 
 

@@ -306,7 +306,7 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private subparse
     p = subparsers.add_parser(
         "dashboard",
         help="a W&B report comparing the runs' methods per paper table (wandb-workspaces); --dry-run writes the spec",
-        description="Build a W&B report that compares methods per paper table: accuracy per method with 95%% t "
+        description="Build a W&B report that compares methods per paper table: accuracy per method with 95% t "
         "intervals, accuracy against bytes per task, BWT and forgetting, per-task curves. Online use needs "
         "`wandb login`; --dry-run --out FILE writes the spec as JSON without any network.",
     )

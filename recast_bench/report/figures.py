@@ -65,12 +65,12 @@ def figure3(groups: list[Group], out: Path) -> list[Path]:
     for backbone, stream in pairs:
         fig, ax = plt.subplots(figsize=(9.5, 4.8))
         members = [g for g in groups if (g.backbone, g.stream) == (backbone, stream)]
-        for g in members:
+        for g, colour in zip(members, colours(len(members))):
             iv = g.interval()
             if iv is None:
                 continue
             x = max(g.params_per_task() or 0, 1)  # 0 learnt params (linear probe) sits at 1 on the log axis
-            ax.errorbar([x], [iv.mean], yerr=_yerr(iv), fmt="o", capsize=3, label=g.label)
+            ax.errorbar([x], [iv.mean], yerr=_yerr(iv), fmt="o", capsize=3, label=g.label, color=colour)
             ax.annotate(g.label, (x, iv.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
         table = paper.load(paper.main_table_for(backbone))
         bb = max((g.backbone_params() or 0) for g in members)

@@ -317,7 +317,7 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private subparse
     p = subparsers.add_parser(
         "leaderboard",
         help="one versioned leaderboard file (JSON, plus .md and .csv) from runs, with reference rows",
-        description="One row per method x backbone x stream, aggregated over seeds (accuracy with a 95%% t "
+        description="One row per method x backbone x stream, aggregated over seeds (accuracy with a 95% t "
         "interval, seeds, per-task parameters and bytes, wall time and GPU-hours, protocol card and departures, "
         "git commit, package versions, device), then the paper's rows and outside reference rows.",
     )
