@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
 from recast_bench.data.hashes import dataset_labels, split_hashes
 from recast_bench.data.stream import SPLITS, Task
 
@@ -19,14 +21,14 @@ def task_rows(tasks: list[Task]) -> list[dict]:
     hashes = split_hashes(tasks)
     rows = []
     for t in tasks:
-        per_class = [int((dataset_labels(t.train) == c).sum()) for c in range(t.num_classes)]
+        per_class = np.bincount(dataset_labels(t.train), minlength=t.num_classes)
         rows.append({
             "task": t.name,
             "source": t.info.get("source", "generated"),
             "val": t.info.get("val", "generated"),
             "classes": t.num_classes,
             "counts": t.sizes(),
-            "min_train_per_class": min(per_class) if per_class else 0,
+            "min_train_per_class": int(per_class.min()) if len(per_class) else 0,
             "split_hashes": hashes[t.name],
         })  # fmt: skip
     return rows

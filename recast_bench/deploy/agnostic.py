@@ -119,9 +119,11 @@ def agnostic_accuracy(
     n = [len(t.test) for t in tasks]  # type: ignore[arg-type]
     choices = [Choice(k, device) for k in n]
     labels = [torch.zeros(k, dtype=torch.int64, device=device) for k in n]
-    with torch.inference_mode():
-        for t in range(len(tasks)):
-            logits_of = heads(t)  # one state switch per task for every test image of every task
+    for t in range(len(tasks)):
+        # One state switch per task for every test image of every task; outside inference mode, as the engine's own
+        # evaluation switches, so that no inference tensor ends up in the model's state.
+        logits_of = heads(t)
+        with torch.inference_mode():
             for j in range(len(tasks)):
                 ds, finish = inputs(j, t)
                 start = 0
