@@ -3,6 +3,7 @@
 #
 #   make bench BACKBONE=resnet34|vit_small [SEEDS="42 1998 3142592"] [STREAM=six] [EXTRA="hydra overrides"]
 #   make bench BACKBONE=vit_small STREAM=synthetic TINY=1      # end-to-end CPU check (random weights, tiny stream)
+#   make bench BACKBONE=vit_small STREAM=my/stream.yaml         # your own tasks (README "Your own tasks")
 #   make reproduce                                              # both backbones, the paper's three seeds
 #
 # Each run writes bench/<backbone>-<stream>/<method>-s<seed>/results.json, a make target that is re-run only when
@@ -21,9 +22,12 @@ BENCH_ROOT ?= bench
 # visible GPU, CUDA_VISIBLE_DEVICES set per run; without a GPU the launcher just runs the command. RUNS_PER_GPU=0
 # turns slots off (e.g. EXTRA="trainer.devices=4 trainer.strategy=ddp": each run uses every GPU).
 RUNS_PER_GPU ?= 1
-BENCH_COST ?= 1
+# STREAM=PATH.yaml: a stream file of your own tasks (no spaces in the path: make splits on them); its runs go to
+# bench/<backbone>-<file name without .yaml>/, and `recast-bench cost` (built-in streams only) is skipped.
+BENCH_STREAM_FILE = $(filter %.yaml %.yml,$(STREAM))
+BENCH_COST ?= $(if $(BENCH_STREAM_FILE),0,1)
 PAPER_SEEDS := 42 1998 3142592
-BENCH_DIR = $(BENCH_ROOT)/$(BACKBONE)-$(STREAM)
+BENCH_DIR = $(BENCH_ROOT)/$(BACKBONE)-$(if $(BENCH_STREAM_FILE),$(basename $(notdir $(STREAM))),$(STREAM))
 BENCH_TOP := $(firstword $(MAKEFILE_LIST))
 
 # The rows of BACKBONE's paper table (Table 1 for ResNets, Table 2 for ViTs) in the paper's order, then our extra
@@ -39,7 +43,7 @@ BENCH_EXTRA = $(EXTRA) $(if $(TINY),$(BENCH_TINY_EXTRA))
 
 bench_method = $(firstword $(subst @, ,$(1)))
 bench_variant = $(if $(findstring @,$(1)),method.$(lastword $(subst +, ,$(call bench_method,$(1)))).variant=$(lastword $(subst @, ,$(1))))
-bench_confs = $(wildcard conf/config.yaml conf/backbone/$(BACKBONE).yaml conf/stream/$(STREAM).yaml \
+bench_confs = $(wildcard conf/config.yaml conf/backbone/$(BACKBONE).yaml conf/stream/$(STREAM).yaml $(BENCH_STREAM_FILE) \
 	conf/trainer/default.yaml recast_bench/protocol/cards/table1.yaml recast_bench/protocol/cards/table2.yaml $(foreach p,$(subst +, ,$(call bench_method,$(1))),conf/method/$(p).yaml))
 bench_incomplete = $(shell f=$(1); test -f "$$f" && ! grep -q '"status": "complete"' "$$f" && echo FORCE)
 

@@ -48,7 +48,9 @@ def build_run_overrides(args: argparse.Namespace) -> list[str]:
     if args.backbone:
         ov.append(f"backbone={args.backbone}")
     if args.stream:
-        ov.append(f"stream={args.stream}")
+        from recast_bench.data.streamfile import stream_overrides
+
+        ov += stream_overrides(args.stream)[0]  # a stream file's path never becomes an override
     if args.out:
         ov.append(f"out={args.out}")
     if args.seed is not None:
@@ -73,15 +75,21 @@ def _check_group_option(group: str, name: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from recast_bench.config import compose_config
+    from recast_bench.data.streamfile import attach_stream_file, is_stream_path, stream_overrides
     from recast_bench.engine.loop import run
 
     quiet_libraries()  # here, not in main(): commands that do not train should not pay Lightning's import
     _check_group_option("backbone", args.backbone)
-    _check_group_option("stream", args.stream)
+    stream_file = None
+    if args.stream and is_stream_path(args.stream):
+        stream_file = stream_overrides(args.stream)[1]  # checked now: a bad stream file is one line
+    else:
+        _check_group_option("stream", args.stream)
     overrides = build_run_overrides(args)
     if args.experiment:
         overrides.insert(0, f"experiment={args.experiment}")  # defaults: optional experiment
     cfg = compose_config(overrides)
+    attach_stream_file(cfg, stream_file)
     res = run(cfg)
     print_summary([res])
     return 0
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("run", help="run one method over a task stream (resumes an existing --out)")
     rp.add_argument("--method", required=True, help="a method name, or recast+NAME")
     rp.add_argument("--backbone", help="backbone config (conf/backbone/)")
-    rp.add_argument("--stream", help="stream config (conf/stream/)")
+    rp.add_argument("--stream", help="stream config (conf/stream/) or a stream file of your own tasks (PATH.yaml)")
     rp.add_argument("--out", help="output directory (default runs/<method>-<backbone>-<stream>-s<seed>)")
     rp.add_argument("--seed", type=int, help="random seed (default 42; the paper uses 42, 1998, 3142592)")
     rp.add_argument("--experiment", help="an entry of conf/experiment/, e.g. recast_gnk")

@@ -32,6 +32,9 @@ class BackboneConfig:
 @dataclass
 class StreamConfig:
     name: str = "synthetic"
+    file: str | None = None
+    """A stream file of your own tasks (YAML; recast_bench/data/streamfile.py). ``run --stream PATH.yaml`` sets it
+    (and ``name`` to the file's); when set, it is built instead of the registered stream ``name``."""
     tasks: list[str] | None = None
     """Subset and order of tasks by name; ``None`` keeps the stream's default order."""
     root: str = "${paths.data_dir}"

@@ -346,9 +346,14 @@ def test_pack_benchmark_writes_sizes_and_switch_times(tmp_path):
     from recast_bench.deploy.bench import main as bench
 
     out = tmp_path / "bench.json"
-    bench(["--out", str(out), "--backbone", "vit_small", "--methods", "recast", "--repeats", "3"])
+    bench(
+        ["--out", str(out), "--backbone", "vit_small", "--methods", "recast", "--repeats", "3", "--agnostic-batch", "1"]
+    )
     r = json.loads(out.read_text())["methods"]["recast"]
     assert r["state_numbers_per_task"] == 96 and r["state_bytes_per_task"] == 384 < 1024
     assert r["pack"]["tasks"] == len(SIX_CLASSES)
     heads = sum((384 + 1) * c * 4 for c in SIX_CLASSES.values())
     assert r["pack"]["file_bytes"] > 6 * 384 + heads and r["switch_ms"] > 0 and r["forward_ms"] > 0
+    # task-agnostic choice of an image over the six tasks: six switches and six forwards, timed
+    assert r["agnostic_batch"] == 1 and r["agnostic_ms_per_image"] == r["agnostic_ms"] > 0
+    assert 0 < r["agnostic_switch_share"] < 1 and r["agnostic_unbatched_ms_per_image"] > 6 * r["switch_ms"]

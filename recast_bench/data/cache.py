@@ -26,6 +26,7 @@ import numpy as np
 from recast_bench.data.buildlock import BuildLock, temp_name
 from recast_bench.data.images import CachedImages, DecodedImages, native_side
 from recast_bench.data.sources import Records
+from recast_bench.data.transforms import resize_size
 from recast_bench.engine.checkpoint import write_json
 from recast_bench.errors import UserError
 
@@ -34,7 +35,8 @@ CACHE_VERSION = 2
 
 
 def records_hash(records: Records) -> str:
-    """Content key of a part: file names and labels, or the raw pixels for in-memory datasets."""
+    """Content key of a part: file names and labels (plus, for user tasks, file sizes and times), or the raw pixels
+    for in-memory datasets."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(records.labels, dtype=np.int64).tobytes())
     if records.arrays is not None:
@@ -42,12 +44,15 @@ def records_hash(records: Records) -> str:
         h.update(np.ascontiguousarray(records.arrays).data)
     else:
         h.update("\n".join(records.files or []).encode())
+    if records.stamp is not None:  # user tasks: sizes and modification times, so a replaced file rebuilds
+        h.update(f"|stamp:{records.stamp}".encode())
     return h.hexdigest()
 
 
 def geometry_tag(records: Records, side: int, size: int) -> str:
-    """What fixes the stored pixels: the side, plus the model size when the square is cut out of a larger image."""
-    return f"{side}" if native_side(records) == side else f"{side}c{size}"
+    """What fixes the stored pixels: the side, plus the model size when the square's crop offset depends on it
+    (it is cut out of a larger image, or stored at the model's resize target: :func:`to_square`)."""
+    return f"{side}" if native_side(records) == side and side != resize_size(size) else f"{side}c{size}"
 
 
 def cache_paths(

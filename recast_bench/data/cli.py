@@ -1,6 +1,7 @@
-"""``recast-bench data check|download|prepare``: report which of the six datasets are in place, fetch the ones
-torchvision can download (CIFAR-10/100, Flowers102, FGVC-Aircraft; MIT67 and CUB-200 need a manual download), and
-build the preprocessed image cache once before a sweep, so that parallel runs only read it.
+"""``recast-bench data check|download|prepare``: report which of the six datasets are in place (or what a stream's
+tasks hold, with their split hashes), fetch the ones torchvision can download (CIFAR-10/100, Flowers102,
+FGVC-Aircraft; MIT67 and CUB-200 need a manual download), and build the preprocessed image cache once before a
+sweep, so that parallel runs only read it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.stream:  # one stream's tasks, splits and split hashes
+        from recast_bench.data.streamcheck import cmd_check_stream
+
+        return cmd_check_stream(args)
+    if args.overrides or args.json:
+        raise UserError("config overrides and --json need --stream")
     rows = check_rows(args.root)
     print(f"data root: {Path(args.root).resolve()}")
     print(format_table(rows))
@@ -115,15 +122,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from recast_bench.config import compose_config
     from recast_bench.data.images import CachedImages
     from recast_bench.data.stream import SPLITS, build_stream
+    from recast_bench.data.streamfile import attach_stream_file, stream_overrides
 
     cache_dir = args.cache_dir or str(Path(args.data_dir) / "cache")
-    overrides = [f"stream={args.stream}", f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache_dir}"]
-    if args.root:
-        overrides.append(f"stream.root={args.root}")
+    stream, stream_file = stream_overrides(args.stream)  # a stream file's path is never parsed as an override
+    overrides = [*stream, f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache_dir}"]
     if args.tasks:
         overrides.append(f"stream.tasks=[{args.tasks}]")
     overrides += list(args.overrides)
     cfg = compose_config(overrides)
+    attach_stream_file(cfg, stream_file)
+    if args.root:
+        cfg.stream.root = str(args.root)
     if not cfg.stream.cache:
         raise UserError("stream.cache=false: there is no cache to prepare")
     for size in args.image_size:
@@ -161,8 +171,19 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubPars
     """Register ``data`` with its ``check``, ``download`` and ``prepare`` subcommands; sets ``func=handler``."""
     p = subparsers.add_parser("data", help="check, download or prepare the six datasets of the paper's stream")
     sub = p.add_subparsers(dest="data_cmd")
-    c = sub.add_parser("check", help="report which datasets are present, with class and sample counts")
-    c.add_argument("--root", default="data", help="data root (default: data)")
+    c = sub.add_parser(
+        "check",
+        help="report which datasets are present, or a stream's tasks with their counts and split hashes",
+        description="Without --stream: which of the six datasets are present, with class and sample counts. With "
+        "--stream (a conf/stream/ name or a stream file PATH.yaml): every task of the stream as a run builds it, "
+        "with its classes, train/val/test counts and split hashes (see README 'Your own tasks'); only image "
+        "headers are read (`data prepare --stream` decodes every image).",
+    )
+    c.add_argument("--root", default="data", help="data root of the built-in datasets (default: data)")
+    c.add_argument("--stream", default=None, help="a conf/stream/ name or a stream file (PATH.yaml)")
+    c.add_argument("--image-size", type=int, default=224, help="model input size the stored side is for (224)")
+    c.add_argument("--json", action="store_true", help="print JSON (with --stream)")
+    c.add_argument("overrides", nargs="*", help="stream overrides (with --stream), e.g. stream.val_fraction=0.2")
     c.set_defaults(data_func=cmd_check)
     d = sub.add_parser("download", help="download CIFAR-10/100, Flowers102, FGVC-Aircraft (needs network)")
     d.add_argument("--root", default="data", help="data root (default: data)")
@@ -174,7 +195,7 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubPars
         description="Decode and resize every split of the stream into the image cache. Safe to run on several "
         "nodes at once: one builds each file, the others wait for it.",
     )
-    r.add_argument("--stream", default="six", help="stream config (default: six; e.g. six_pooled)")
+    r.add_argument("--stream", default="six", help="stream config (default: six; e.g. six_pooled) or a stream file")
     r.add_argument(
         "--image-size", type=int, nargs="+", default=[224], help="model input size(s) to prepare for (default: 224)"
     )

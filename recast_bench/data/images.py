@@ -17,10 +17,11 @@ from recast_bench.data.transforms import cache_side, load_square, to_square
 
 
 def native_side(records: Records) -> int | None:
-    """The side of square in-memory images (CIFAR: 32); ``None`` for files or non-square arrays."""
+    """The side of square in-memory images (CIFAR: 32), the largest shorter side of scanned files (user tasks), or
+    ``None`` (files of unknown size, non-square arrays)."""
     if records.arrays is not None and records.arrays.shape[1] == records.arrays.shape[2]:
         return int(records.arrays.shape[1])
-    return None
+    return records.side_hint if records.arrays is None else None
 
 
 def part_side(records: Records, size: int) -> int:

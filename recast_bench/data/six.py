@@ -17,7 +17,7 @@ import torch
 from recast_bench.data.cache import cached_images, cached_json
 from recast_bench.data.device_transforms import BatchTransform, CpuTransform
 from recast_bench.data.images import DecodedImages, SplitView, part_side
-from recast_bench.data.sources import PAPER_ORDER, load_source
+from recast_bench.data.sources import PAPER_ORDER, Records, SourceData, load_source
 from recast_bench.data.splits import dataset_seed, plan_splits
 from recast_bench.data.stream import Task
 from recast_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats
@@ -48,14 +48,36 @@ def _stats(
 
 
 def build_task(name: str, cfg, image_size: int, cache_dir: str | None) -> Task:  # noqa: ANN001 (stream cfg)
-    """One task: read the dataset, split it, and wrap each split with its transform."""
-    src = load_source(name, cfg.root)
+    """One task of a built-in dataset: read it under ``cfg.root``, split it, and wrap each split with its transform."""
+    return source_task(load_source(name, cfg.root), cfg, image_size, cache_dir)
+
+
+def _row_ids(records: list[Records], part_names: list[str], index) -> list[str]:  # noqa: ANN001 (ndarray [N, 2])
+    """The split hash's file of each row: its path as the dataset lists it, or ``<part>:<row>`` for arrays."""
+    out = []
+    for p, r in index.tolist():
+        rec = records[p]
+        out.append(rec.files[r] if rec.files is not None else f"{part_names[p]}:{r}")
+    return out
+
+
+def source_task(
+    src: SourceData, cfg, image_size: int, cache_dir: str | None, name: str | None = None, source: str = ""
+) -> Task:  # noqa: ANN001 (stream cfg)
+    """A task over ``src``'s splits (``cfg.split``, val held out of train when ``src`` has none).
+
+    Args:
+        name: the task's name (default: the dataset's); the cache and the split seed stay keyed by ``src.name``.
+        source: where the data comes from, for ``data check``.
+    """
     part_names, index = plan_splits(src, cfg.split, cfg.val_fraction, list(cfg.pooled_fractions), cfg.seed)
     use_cache = bool(cfg.cache) and cache_dir is not None
     records = [src.pool if p == "pool" else src.splits[p] for p in part_names]
     side = min(part_side(rec, image_size) for rec in records)  # one side per task, so batches stack
     parts = [
-        cached_images(rec, name, p, side, image_size, cache_dir) if use_cache else DecodedImages(rec, side, image_size)
+        cached_images(rec, src.name, p, side, image_size, cache_dir)
+        if use_cache
+        else DecodedImages(rec, side, image_size)
         for p, rec in zip(part_names, records)
     ]
     if cfg.normalization == "imagenet":
@@ -63,19 +85,25 @@ def build_task(name: str, cfg, image_size: int, cache_dir: str | None) -> Task: 
     elif cfg.normalization == "dataset":
         geometry = BatchTransform(image_size, side, (0.0,) * 3, (1.0,) * 3)
         stats_dir = cache_dir if use_cache else None
-        mean, std = _stats(SplitView(parts, index["train"]), geometry, name, image_size, stats_dir)
+        mean, std = _stats(SplitView(parts, index["train"]), geometry, src.name, image_size, stats_dir)
     else:
         raise UserError(f"stream.normalization must be 'imagenet' or 'dataset', got {cfg.normalization!r}")
     bt = BatchTransform(image_size, side, tuple(mean), tuple(std))
     train_tf, eval_tf = CpuTransform(bt, train=True), CpuTransform(bt, train=False)
+    if cfg.split == "pooled":
+        val_from = f"pooled and re-split {'/'.join(f'{f:g}' for f in cfg.pooled_fractions)}"
+    else:
+        val_from = "official val split" if "val" in src.splits else f"held out of train ({cfg.val_fraction:.0%})"
     return Task(
-        name=name,
+        name=name or src.name,
         num_classes=src.num_classes,
         train=SplitView(parts, index["train"], train_tf),
         val=SplitView(parts, index["val"], eval_tf),
         test=SplitView(parts, index["test"], eval_tf),
         batch_transform=bt,
         class_names=src.class_names,
+        row_ids={s: _row_ids(records, part_names, index[s]) for s in ("train", "val", "test")},
+        info={"source": source or f"built-in dataset {src.name}", "val": val_from, "stored_side": str(side)},
     )
 
 

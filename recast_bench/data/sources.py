@@ -29,6 +29,11 @@ class Records:
     files: list[str] | None = None
     base: str = ""
     arrays: np.ndarray | None = None
+    stamp: str | None = None
+    """Hash of the files' sizes and modification times (user tasks): a replaced image gets a new cache entry."""
+    side_hint: int | None = None
+    """The largest shorter side among the files (user tasks, read from the image headers): small images are
+    cached at that side instead of being upsampled to the resize target."""
 
     def __len__(self) -> int:
         return len(self.labels)

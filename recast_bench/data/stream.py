@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,6 +36,11 @@ class Task:
     batch_transform: BatchTransform | None = None
     class_names: list[str] | None = None
     """Human-readable class names in label order, where the dataset has them."""
+    row_ids: dict[str, list[str]] | None = None
+    """Per split, each row's file as the split hash names it (:mod:`recast_bench.data.hashes`); ``None``: rows are
+    named ``<split>:<row>`` (generated data)."""
+    info: dict[str, str] = field(default_factory=dict)
+    """What ``data check`` says about the task: ``source`` (where its data comes from), ``val`` (how val was made)."""
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}  # type: ignore[arg-type]
@@ -58,15 +63,31 @@ def _untransformed(ds: Dataset) -> Dataset:
 StreamBuilder = Callable[..., list[Task]]
 
 
-def limit(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
-    """A seeded random subset of at most ``n`` samples (quick runs); the full dataset when ``n`` is None."""
-    if n is None or n >= len(ds):  # type: ignore[arg-type]
-        return ds
+def limit_indices(n_rows: int, n: int | None, seed: int = 0) -> list[int] | None:
+    """Sorted indices of a seeded random subset of at most ``n`` of ``n_rows`` rows; ``None`` keeps them all."""
+    if n is None or n >= n_rows:
+        return None
     if n <= 0:
         raise UserError(f"sample limit must be positive, got {n}")
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds), generator=g)[:n].sort().values.tolist()  # type: ignore[arg-type]
-    return Subset(ds, idx)
+    return torch.randperm(n_rows, generator=g)[:n].sort().values.tolist()
+
+
+def limit(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of at most ``n`` samples (quick runs); the full dataset when ``n`` is None."""
+    idx = limit_indices(len(ds), n, seed)  # type: ignore[arg-type]
+    return ds if idx is None else Subset(ds, idx)
+
+
+def limit_task(t: Task, max_train: int | None, max_eval: int | None, seed: int) -> Task:
+    """``t`` with its splits cut to the sample limits (the same rows :func:`limit` keeps), row ids alongside."""
+    cuts = {s: limit_indices(len(getattr(t, s)), n, seed) for s, n in (("train", max_train), ("val", max_eval),
+                                                                         ("test", max_eval))}  # fmt: skip
+    splits = {s: getattr(t, s) if idx is None else Subset(getattr(t, s), idx) for s, idx in cuts.items()}
+    ids = t.row_ids
+    if ids is not None:
+        ids = {s: ids[s] if idx is None else [ids[s][i] for i in idx] for s, idx in cuts.items()}
+    return replace(t, **splits, row_ids=ids)
 
 
 def select_tasks(tasks: list[Task], names: list[str] | None) -> list[Task]:
@@ -83,21 +104,24 @@ def select_tasks(tasks: list[Task], names: list[str] | None) -> list[Task]:
 
 
 def build_stream(cfg, image_size: int, cache_dir: str | None = None) -> list[Task]:  # noqa: ANN001 (DictConfig)
-    """Build stream ``cfg.name`` at ``image_size`` and apply the subset/order and per-task sample limits."""
-    builder: StreamBuilder = STREAMS.get(cfg.name)
+    """Build stream ``cfg.name`` (or the stream file ``cfg.file``) at ``image_size`` and apply the subset/order and
+    per-task sample limits."""
+    if cfg.get("file"):
+        from recast_bench.data.streamfile import file_stream
+
+        builder: StreamBuilder = file_stream
+    else:
+        builder = STREAMS.get(cfg.name)
     tasks = builder(cfg, image_size=image_size, cache_dir=cache_dir)
     tasks = select_tasks(tasks, list(cfg.tasks) if cfg.tasks else None)
     out = []
     for i, t in enumerate(tasks):
-        t = replace(
-            t,
-            train=limit(t.train, cfg.max_train_per_task, cfg.seed + i),
-            val=limit(t.val, cfg.max_eval_per_task, cfg.seed + i),
-            test=limit(t.test, cfg.max_eval_per_task, cfg.seed + i),
-        )
+        t = limit_task(t, cfg.max_train_per_task, cfg.max_eval_per_task, cfg.seed + i)
         for split, n in t.sizes().items():
             if n == 0:
-                raise UserError(f"task {t.name!r} has an empty {split} split")
+                held = split == "val" and t.info.get("val", "").startswith("held out")
+                hint = f" ({t.info['val']}: give it a val split or more train images)" if held else ""
+                raise UserError(f"task {t.name!r} has an empty {split} split{hint}")
         out.append(t)
     if not out:
         raise UserError(f"stream {cfg.name!r} has no tasks")

@@ -1,10 +1,13 @@
-"""The export, pack and predict subcommands: thin wrappers over recast_bench.deploy."""
+"""The export, pack, predict and evaluate subcommands: thin wrappers over recast_bench.deploy."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+# recast_bench.deploy.agnostic.RULES, spelled out so that --help does not import torch (a test keeps them equal)
+RULE_NAMES = ("max_softmax", "min_entropy", "max_logit")
 
 
 def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubParsersAction)
@@ -42,11 +45,28 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubPars
     )
     p.add_argument("run", metavar="RUN", help="a finished run directory (holds results.json)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--task", required=True, help="the task whose head classifies the images, by name")
+    p.add_argument(
+        "--task", required=True, help="the task whose head classifies the images, by name; 'auto' chooses per image"
+    )
+    p.add_argument("--rule", default="max_softmax", choices=RULE_NAMES,
+                   help="how --task auto chooses (default: max_softmax; see README 'Your own tasks')")  # fmt: skip
     p.add_argument("--top-k", type=int, default=5, help="how many classes to print per image (default: 5)")
     p.add_argument("--pack", default=None, help="take the task states from this task pack instead of RUN/tasks/")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_predict)
+    v = subparsers.add_parser(
+        "evaluate",
+        help="task-agnostic accuracy of a finished run (the task not given), recorded in its results.json",
+        description="Score every task's test images under every task's head (each under its own state, one switch "
+        "per task), choose the task by --rule, and record task-id accuracy and task-agnostic accuracy (right task "
+        "and right class) in RUN/results.json as task_agnostic, beside the task-aware accuracy matrix. Refused when "
+        "the run's data changed since it ran (split hashes).",
+    )
+    v.add_argument("run", metavar="RUN", help="a finished run directory (holds results.json)")
+    v.add_argument("--rule", default="max_softmax", choices=RULE_NAMES, help="how the task is chosen (max_softmax)")
+    v.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    v.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    v.set_defaults(func=cmd_evaluate)
 
 
 def _quiet() -> None:
@@ -94,7 +114,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _quiet()
     run = load_run(args.run, pack=args.pack)
-    preds = run.predict(list(args.images), task=args.task, top_k=args.top_k)
+    preds = run.predict(list(args.images), task=args.task, top_k=args.top_k, rule=args.rule)
+    if args.task == "auto":
+        return _print_auto(args, preds)
     if args.json:
         print(json.dumps([{"image": img, "top": [{"class": c, "prob": p} for c, p in pred]}
                           for img, pred in zip(args.images, preds)], indent=2))  # fmt: skip
@@ -104,4 +126,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for c, prob in pred:
             print(f"  {prob:7.2%}  {c}")
     sys.stdout.flush()
+    return 0
+
+
+def _print_auto(args: argparse.Namespace, preds: list) -> int:
+    if args.json:
+        print(json.dumps([{"image": img, "task": p.task, "rule": args.rule, "score": p.score, "scores": p.scores,
+                           "top": [{"class": c, "prob": q} for c, q in p.top]}
+                          for img, p in zip(args.images, preds)], indent=2))  # fmt: skip
+        return 0
+    for img, p in zip(args.images, preds):
+        others = ", ".join(f"{t} {s:.3g}" for t, s in p.scores.items() if t != p.task)
+        print(f"{img}  task {p.task} ({args.rule} {p.score:.3g}; {others or 'no other task'})")
+        for c, prob in p.top:
+            print(f"  {prob:7.2%}  {c}")
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recast_bench.deploy.evaluate import evaluate_run, format_agnostic
+
+    _quiet()
+    out = evaluate_run(args.run, rule=args.rule, device=args.device)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_agnostic(out))
+        print(f"recorded as task_agnostic in {args.run}/results.json")
     return 0

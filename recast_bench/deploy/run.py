@@ -183,17 +183,32 @@ class LoadedRun:
 
     def predict(
         self,
-        images: Any,
+        images: Any,  # noqa: ANN401
         task: str | list[str],
-        top_k: int = 5,  # noqa: ANN401
-    ) -> list[list[tuple[str, float]]]:
+        top_k: int = 5,
+        rule: str = "max_softmax",
+    ) -> list:
         """Top-``k`` ``(class name, probability)`` per image; ``task`` is one name or one name per image.
 
-        ``images``: a path, a PIL image or a tensor, or a list of them (see :mod:`recast_bench.deploy.predict`).
+        ``task="auto"`` chooses each image's task by ``rule`` (``max_softmax``, ``min_entropy``, ``max_logit``:
+        :mod:`recast_bench.deploy.agnostic`) and gives an ``AutoPrediction`` (``task``, ``score``, ``top``,
+        ``scores``) per image. ``images``: a path, a PIL image or a tensor, or a list of them (see
+        :mod:`recast_bench.deploy.predict`).
         """
         from recast_bench.deploy.predict import predict
 
-        return predict(self, images, task, top_k)
+        return predict(self, images, task, top_k, rule)
+
+    def evaluate_agnostic(self, rule: str = "max_softmax") -> dict:
+        """Task-agnostic figures over every task's test set (results.json's ``task_agnostic``)."""
+        from recast_bench.deploy.agnostic import evaluate_learner
+
+        self.learner._states = self.states  # the learner restores from these (a pack's, or the run's files)
+        self.learner._current = None
+        self.active = None  # the learner switches the model's state behind activate()'s back
+        out = evaluate_learner(self.learner, self.tasks_data, rule)
+        assert out is not None  # a LoadedRun always has a LightningLearner (Avalanche runs are refused)
+        return out
 
 
 def load_run(run_dir: str | Path, pack: str | Path | None = None) -> LoadedRun:
