@@ -239,3 +239,38 @@ def test_gpu_profile_end_to_end_on_the_cpu(run_args, tmp_path):
     assert p["deterministic"] == "warn" and p["channels_last"] is True and p["persistent_workers"] is True
     assert p["matmul_precision"] == "high" and p["num_workers"] == 1
     assert all(0.0 <= a <= 100.0 for row in r["acc_matrix"] for a in row if a is not None)
+
+
+# ---- channels_last and the RECAST banks ----------------------------------------------------------------------------
+CHANNELS_LAST_RUN = [
+    "trainer.channels_last=true", "trainer.precision=bf16-mixed", "trainer.epochs=1", "method.recast.variant=svd",
+    "stream.num_tasks=2", "stream.classes_per_task=[3,2]",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["recast", "recast+piggyback", "recast+clr"])
+def test_channels_last_recast_resnet_feeds_nhwc_inputs_and_generated_kernels(run_args, tmp_path, monkeypatch, method):
+    # Module.to(memory_format=channels_last) refused the 5-d conv template banks (every RECAST row on ResNet crashed
+    # at task 0 in the GPU profile). Every training conv must see an NHWC input and an NHWC kernel, the generated
+    # kernels included, so cuDNN gets them as they are instead of converting the weight on every call.
+    import torch.nn.functional as F
+
+    seen: list[tuple[bool, bool, bool]] = []
+    real = F.conv2d
+
+    def spy(x, w, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if torch.is_grad_enabled():
+            nhwc = torch.channels_last
+            seen.append(
+                (x.is_contiguous(memory_format=nhwc), w.is_contiguous(memory_format=nhwc), w.grad_fn is not None)
+            )
+        return real(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    out = tmp_path / "cl"
+    assert main(run_args(method, backbone="resnet_tiny", out=out, extra=CHANNELS_LAST_RUN)) == 0
+    assert _results(out)["status"] == "complete"
+    generated = [s for s in seen if s[2]]
+    assert generated, "the generated kernels were not used"
+    assert all(x_nhwc for x_nhwc, _, _ in seen), "a conv input is not channels_last"
+    assert all(w_nhwc for _, w_nhwc, _ in seen), "a conv kernel (plain or generated) is not channels_last"

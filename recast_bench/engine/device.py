@@ -137,6 +137,27 @@ def set_backend_flags(tcfg: Any) -> None:
     torch.backends.cudnn.allow_tf32 = tcfg.matmul_precision != "highest"
 
 
+def to_channels_last(model: torch.nn.Module) -> None:
+    """NHWC for every 4-d parameter and buffer of ``model`` (conv kernels, Piggyback masks, CLR kernels), and NHWC
+    generated kernels for modules that generate them (a module's ``channels_last_()``: RECAST's conv banks).
+
+    ``model.to(memory_format=torch.channels_last)`` would refuse RECAST's 5-d template banks; tensors of other ranks
+    are left as they are. Idempotent: the learner calls it before every task, after the method added its modules.
+    """
+    nhwc = torch.channels_last
+    with torch.no_grad():
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                if p.dim() == 4 and not p.is_contiguous(memory_format=nhwc):
+                    p.data = p.data.contiguous(memory_format=nhwc)
+            for name, b in list(m.named_buffers(recurse=False)):
+                if b.dim() == 4 and not b.is_contiguous(memory_format=nhwc):
+                    setattr(m, name, b.contiguous(memory_format=nhwc))
+            own = getattr(m, "channels_last_", None)
+            if callable(own):
+                own()
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 

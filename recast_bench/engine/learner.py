@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
-from recast_bench.engine.device import apply_profile
+from recast_bench.engine.device import apply_profile, to_channels_last
 from recast_bench.engine.evaluate import accuracy, shard_for_rank
 from recast_bench.engine.features import eval_inputs, feature_cache_for, task_inputs
 from recast_bench.engine.method import Method, assign_state
@@ -141,7 +141,7 @@ class LightningLearner:
         self.method.on_task_start(m, t, task, hook_loader)
         m.add_head(t, task.num_classes)
         if self.tcfg.channels_last:  # after on_task_start and add_head: every conv weight, old and new, is NHWC
-            m.to(memory_format=torch.channels_last)
+            to_channels_last(m)
         trainable = self.trainable(t)
         metric, mode = self.method.selection()
         best: dict = {"value": None, "acc": None, "epoch": -1, "state": None}
