@@ -107,8 +107,18 @@ class RowAdaptedLinear(nn.Module):
     """``y = x W'^T + b`` where ``W'`` replaces the rows of selected parts of ``base.weight``.
 
     ``parts`` maps a role (``q``, ``fc1``, ... or ``all`` for a plain layer) to its ``(start, stop)`` output rows.
-    Subclasses implement :meth:`adapt_rows`; rows of no part stay exactly ``base.weight``'s (K of a Q/V adapter).
-    The base layer's weight and bias are read at each forward (no copy), so a generated weight is always current.
+    Subclasses implement the same adaptation twice:
+
+    * :meth:`adapt_output` (the forward pass, unmerged): the part's output rows from ``x`` and the base layer's own
+      output ``x W^T + b`` of those rows, e.g. plus the low-rank path ``s (x A^T) B^T``. The base GEMM never sees
+      the adapter, so (a) no full ``out x in`` weight gradient is formed for a frozen base weight (only the adapter's
+      small ones), and (b) under bf16 autocast the adapter's delta is not rounded into ``W`` first (a merged
+      ``W + dW`` cast to bf16 drops every entry of ``dW`` below about ``2^-9 |W|``);
+    * :meth:`adapt_rows` (the merged weight, for export and for ``weight``): the adapted weight rows.
+
+    The two agree to float32 rounding (tests/test_unmerged_adapters.py). Rows of no part stay exactly the base
+    layer's (K of a Q/V adapter). The base layer's weight and bias are read at each forward (no copy), so a generated
+    weight (``recast+X``) is always current.
     """
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]]) -> None:
@@ -131,7 +141,7 @@ class RowAdaptedLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The adapted weight (so that a wrapper can itself be treated as a Linear-like layer)."""
+        """The adapted (merged) weight, so that a wrapper can itself be treated as a Linear-like layer."""
         return self.effective_weight()
 
     @property
@@ -139,26 +149,44 @@ class RowAdaptedLinear(nn.Module):
         return self.base.bias
 
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
-        """Return the adapted rows of ``part`` given the base rows (``[stop - start, in_features]``)."""
+        """Return the adapted weight rows of ``part`` given the base rows (``[stop - start, in_features]``)."""
         raise NotImplementedError
 
-    def effective_weight(self) -> torch.Tensor:
-        w = self.base.weight
+    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Return ``part``'s output rows given the input ``x``, the base output ``y = x w^T + b`` of those rows and
+        the base weight rows ``w`` (for methods that need it, e.g. DoRA's norm); same dtype as ``y``."""
+        raise NotImplementedError
+
+    def _splice(self, full: torch.Tensor, adapted: dict[str, torch.Tensor], dim: int) -> torch.Tensor:
+        """``full`` with each part's span along ``dim`` replaced by ``adapted[part]`` (one concatenation)."""
         chunks, cursor = [], 0
         for part, (start, stop) in self.parts.items():
             if start > cursor:
-                chunks.append(w[cursor:start])
-            chunks.append(self.adapt_rows(part, w[start:stop]))
+                chunks.append(full.narrow(dim, cursor, start - cursor))
+            chunks.append(adapted[part])
             cursor = stop
-        if cursor < w.shape[0]:
-            chunks.append(w[cursor:])
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
+        if cursor < full.shape[dim]:
+            chunks.append(full.narrow(dim, cursor, full.shape[dim] - cursor))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim)
+
+    def effective_weight(self) -> torch.Tensor:
+        w = self.base.weight
+        return self._splice(w, {p: self.adapt_rows(p, w[a:b]) for p, (a, b) in self.parts.items()}, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.base.bias)
+        w = self.base.weight  # read once: a generated weight is built once per forward
+        y = F.linear(x, w, self.base.bias)
+        out = {p: self.adapt_output(p, x, y[..., a:b], w[a:b]) for p, (a, b) in self.parts.items()}
+        return self._splice(y, out, -1)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, parts={list(self.parts)}"
+
+
+def low_rank_output(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * (x a^T) b^T``: the low-rank path of the LoRA family, never forming ``b a`` (``out x in``)."""
+    out = F.linear(F.linear(x, a), b)
+    return out if scale == 1.0 else out * scale
 
 
 def wrap_targets(backbone: nn.Module, targets: Sequence[str], make: callable) -> dict[str, RowAdaptedLinear]:

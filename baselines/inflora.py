@@ -46,7 +46,15 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from baselines._vit import RowAdaptedLinear, check_low_rank, modules_of, vit_blocks, work_device, wrap_targets
+from baselines._vit import (
+    RowAdaptedLinear,
+    check_low_rank,
+    low_rank_output,
+    modules_of,
+    vit_blocks,
+    work_device,
+    wrap_targets,
+)
 from recast_bench.engine.method import Method, MethodConfig
 from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
@@ -62,7 +70,11 @@ SCHEDULES = ("official", "step")
 
 
 class InfLoRAQKV(RowAdaptedLinear):
-    """Fused qkv with ``B^K A`` on the K rows and ``B^V A`` on the V rows; collects input covariance on demand."""
+    """Fused qkv with ``B^K A`` on the K rows and ``B^V A`` on the V rows; collects input covariance on demand.
+
+    Forward unmerged: ``y[K] = x W_K^T + b_K + (x A^T) B^{K T}`` (and V alike). The official
+    ``Attention_LoRA.forward`` also adds the update beside ``qkv(x)``, as ``x (B A)^T``; ours takes the low-rank route.
+    """
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], rank: int) -> None:
         super().__init__(base, parts)
@@ -78,6 +90,9 @@ class InfLoRAQKV(RowAdaptedLinear):
 
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         return rows + (self.B[part] @ self.A).to(rows.dtype)
+
+    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return y + low_rank_output(x, self.A, self.B[part]).to(y.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.collect:

@@ -51,6 +51,7 @@ from baselines._vit import (
     RowAdaptedLinear,
     check_low_rank,
     check_targets,
+    low_rank_output,
     modules_of,
     task_generator,
     vit_blocks,
@@ -106,6 +107,22 @@ class SparseDelta(nn.Module):
         flat = torch.zeros(self.shape[0] * self.shape[1], dtype=self.values.dtype, device=self.values.device)
         return flat.scatter(0, self.index, self.values).view(self.shape)
 
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """``x S^T`` (``[..., rows]``), its own path beside the base GEMM.
+
+        At most ``cols`` active entries (the sparse-MLP variant: 5 of 589,824): gathered, ``out[r] += v * x[c]``, so
+        the work and the saved activations are ``k`` per token, never a dense ``rows x cols`` product or weight
+        gradient. Denser supports (the full variant, 1.79 %) would gather more than the layer's whole input per
+        token: they use the dense masked ``S`` in a GEMM of their own (ours, flagged: the switch is where the
+        gathered activations would outgrow ``x``; the official spops kernels are CUDA-only sparse GEMMs).
+        """
+        rows, cols = self.shape
+        if self.values.numel() > cols:
+            return F.linear(x, self.dense().to(x.dtype))
+        picked = x.index_select(-1, self.index % cols) * self.values.to(x.dtype)
+        out_rows = torch.div(self.index, cols, rounding_mode="floor")
+        return x.new_zeros(*x.shape[:-1], rows).index_add(-1, out_rows, picked)
+
     def select(self, score: torch.Tensor) -> None:
         """Keep the top-k entries of ``score`` (sorted positions, so the state is canonical); values back to zero."""
         idx = torch.topk(score.flatten(), self.values.numel()).indices.sort().values
@@ -115,7 +132,10 @@ class SparseDelta(nn.Module):
 
 
 class RosaLinear(RowAdaptedLinear):
-    """``W'[rows(p)] = W[rows(p)] + s B_p A_p + S_p``; parts may have LoRA, a sparse delta, or both."""
+    """``W'[rows(p)] = W[rows(p)] + s B_p A_p + S_p``; parts may have LoRA, a sparse delta, or both.
+
+    Forward unmerged, each term its own path: ``y_p = x W_p^T + b_p + s (x A_p^T) B_p^T + x S_p^T``.
+    """
 
     def __init__(
         self,
@@ -146,6 +166,17 @@ class RosaLinear(RowAdaptedLinear):
             out = out + self.sparse[part].dense().to(rows.dtype)
         if self.probe is not None and part in self.probe:
             out = out + self.probe[part]
+        return out
+
+    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        out = y
+        if part in self.lora:
+            a, b = self.lora[part].factors()
+            out = out + low_rank_output(x, a, b, self.scale).to(y.dtype)
+        if part in self.sparse:
+            out = out + self.sparse[part].output(x).to(y.dtype)
+        if self.probe is not None and part in self.probe:  # d loss / d probe = the adapted weight's gradient
+            out = out + F.linear(x, self.probe[part].to(x.dtype)).to(y.dtype)
         return out
 
 
