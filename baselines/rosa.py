@@ -39,12 +39,14 @@ Variants (``variant``), both from the RECAST paper (section 3, Table 2):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from baselines._vit import (
     QKV_PARTS,
@@ -65,8 +67,6 @@ from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
-
     from recast_bench.data.stream import Task
     from recast_bench.engine.model import TaskModel
 
@@ -371,6 +371,7 @@ class Rosa(Method):
                 for k, g in zip(probes, torch.autograd.grad(loss, list(probes.values())), strict=True):
                     acc[k] += g.detach() ** 2
         finally:
+            batches.close()  # ends the loader's iterator now: its workers stop here, not at garbage collection
             for layer in layers.values():
                 layer.probe = None
             for p in trained:
@@ -380,11 +381,55 @@ class Rosa(Method):
         return {k: v / cfg.grad_batches for k, v in acc.items()}
 
 
-def _cycle(loader: DataLoader, task: Task):  # noqa: ANN202 (a generator of batches)
-    """Batches of ``loader`` without end (a new pass when one ends); refuses an empty loader with one clear line."""
+class _Passes(Sampler[list[int]]):
+    """The batches of ``batch_sampler``, pass after pass, without end (stops only if a pass is empty)."""
+
+    def __init__(self, batch_sampler: Sampler[list[int]]) -> None:
+        self.batch_sampler = batch_sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            empty = True
+            for batch in self.batch_sampler:
+                empty = False
+                yield batch
+            if empty:
+                return
+
+
+def endless(loader: DataLoader) -> DataLoader | None:
+    """``loader``'s dataset, batches and worker settings as one endless pass, or ``None`` if it has no batch sampler.
+
+    The engine hands ``on_task_start`` a non-persistent loader, and every new pass over such a loader starts its
+    worker processes again (re-importing the dataset, re-opening memory maps): the warm-up's 64 steps are several
+    passes on small tasks. One iterator over every pass starts the workers once. Each pass draws its order from the
+    loader's own generator and sampler, so the first pass is the same as the loader's.
+    """
+    if loader.batch_sampler is None or isinstance(loader.dataset, IterableDataset):
+        return None
+    workers = loader.num_workers
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=_Passes(loader.batch_sampler),
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+        pin_memory_device=loader.pin_memory_device,
+    )
+
+
+def _cycle(loader: DataLoader, task: Task) -> Iterator:
+    """Batches of ``loader`` without end, through one iterator (:func:`endless`); refuses an empty loader with one
+    clear line."""
+    passes = endless(loader)
     while True:
         seen = False
-        for batch in loader:
+        for batch in passes if passes is not None else loader:
             seen = True
             yield batch
         if not seen:
