@@ -1,0 +1,74 @@
+"""Optional packages are imported only where they are used: avalanche-lib only for the Avalanche methods, wandb only
+for ``logger=wandb``. Checked in subprocesses where both are made unimportable (tests/fixtures/no_packages.py), as on
+the GPU machine, which has neither."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import TINY_STREAM, TINY_TRAINER
+from fixtures.no_packages import blocked_env
+
+NOT_INSTALLED = ["avalanche", "wandb"]
+
+DRIVER = """
+import contextlib, io, json, sys
+from recast_bench.cli import main
+out = {}
+for key, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as so:
+        rc = main(argv)
+    out[key] = {"rc": rc, "stderr": err.getvalue(), "stdout": so.getvalue()}
+for name in ("avalanche", "wandb"):
+    try:
+        __import__(name)
+        out["import " + name] = "importable"
+    except ModuleNotFoundError:
+        out["import " + name] = "blocked"
+print(json.dumps(out))
+"""
+
+
+def _run_cmd(method: str, out: Path, data: Path, logger: str = "none") -> list[str]:
+    return [
+        "run", "--method", method, "--backbone", "vit_tiny", "--stream", "synthetic", "--out", str(out),
+        f"paths.data_dir={data}", f"logger={logger}", *TINY_STREAM, *TINY_TRAINER, "trainer.epochs=1",
+        "stream.num_tasks=2", "stream.classes_per_task=[3,2]",
+    ]  # fmt: skip
+
+
+def test_lightning_runs_without_avalanche_and_wandb_and_their_users_say_what_to_install(tmp_path) -> None:
+    """One subprocess (the CLI's ``main``, as the ``recast-bench`` script calls it), four commands: a whole Lightning
+    run succeeds; ``list -v`` still shows the Avalanche methods; an Avalanche run and ``logger=wandb`` stop with one
+    line naming the package, exit 2, before their output directory exists."""
+    env = blocked_env(tmp_path / "site", NOT_INSTALLED)
+    cases = {
+        "linear": _run_cmd("linear", tmp_path / "linear", tmp_path / "data"),
+        "list": ["list", "-v"],
+        "ewc": _run_cmd("ewc", tmp_path / "ewc", tmp_path / "data"),
+        "wandb": _run_cmd("linear", tmp_path / "wandb", tmp_path / "data", logger="wandb"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["import avalanche"] == got["import wandb"] == "blocked"  # the environment really lacks both
+    # A Lightning method trains, evaluates and writes its results without either package.
+    assert got["linear"]["rc"] == 0, got["linear"]["stderr"][-3000:]
+    assert json.loads((tmp_path / "linear" / "results.json").read_text())["status"] == "complete"
+    assert "Traceback" not in got["linear"]["stderr"]
+    # The registry and `list -v` still know every Avalanche method and its class attributes.
+    listing = got["list"]["stdout"]
+    assert got["list"]["rc"] == 0
+    for name in ("ewc", "lwf", "gdumb", "derpp", "er-ace", "l2p"):
+        assert any(line.split()[:1] == [name] and "isolates=False" in line for line in listing.splitlines()), name
+    # Running one needs the package: one line naming it, exit 2, before the output directory exists.
+    for key, package in (("ewc", "pip install avalanche-lib==0.6.0"), ("wandb", "pip install wandb")):
+        lines = got[key]["stderr"].strip().splitlines()
+        assert got[key]["rc"] == 2 and len(lines) == 1 and package in lines[0], got[key]
+        assert not (tmp_path / key).exists()
