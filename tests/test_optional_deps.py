@@ -1,18 +1,20 @@
 """Optional packages are imported only where they are used: avalanche-lib only for the Avalanche methods, wandb only
-for ``logger=wandb``. Checked in subprocesses where both are made unimportable (tests/fixtures/no_packages.py), as on
+for ``logger=wandb``. Checked in a subprocess where both are made unimportable (tests/fixtures/hide_packages/), as on
 the GPU machine, which has neither."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import TINY_STREAM, TINY_TRAINER
-from fixtures.no_packages import blocked_env
 
-NOT_INSTALLED = ["avalanche", "wandb"]
+ROOT = Path(__file__).resolve().parents[1]
+HIDE = Path(__file__).parent / "fixtures" / "hide_packages"
+"""Its ``sitecustomize.py`` refuses the packages named in ``$RECAST_BENCH_HIDE`` as if they were not installed."""
 
 DRIVER = """
 import contextlib, io, json, sys
@@ -45,7 +47,8 @@ def test_lightning_runs_without_avalanche_and_wandb_and_their_users_say_what_to_
     """One subprocess (the CLI's ``main``, as the ``recast-bench`` script calls it), four commands: a whole Lightning
     run succeeds; ``list -v`` still shows the Avalanche methods; an Avalanche run and ``logger=wandb`` stop with one
     line naming the package, exit 2, before their output directory exists."""
-    env = blocked_env(tmp_path / "site", NOT_INSTALLED)
+    path = os.pathsep.join(p for p in (str(HIDE), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "RECAST_BENCH_HIDE": "avalanche,wandb"}
     cases = {
         "linear": _run_cmd("linear", tmp_path / "linear", tmp_path / "data"),
         "list": ["list", "-v"],
