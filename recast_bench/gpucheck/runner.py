@@ -201,6 +201,8 @@ def ceilings(tiny: bool) -> dict[str, Any]:
             out[name] = img_s | {"batch": batch, **flops, "fraction_of_bf16_peak": peak}
         except Exception as e:  # noqa: BLE001
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    if cuda:
+        torch.cuda.empty_cache()  # the cases' processes get the memory the ceiling's models held
     return out
 
 
