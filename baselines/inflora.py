@@ -32,6 +32,8 @@ Protocol (RECAST paper section 3: "InfLoRA used class increments of 90 and 10 ep
   saved for resume. DualGPM's "retain" form (storing the free complement once the occupied space passes d/2) is a
   memory optimisation giving the same projection, so it is not needed with a fixed-size buffer.
 * The singular-value energy criterion is applied, like the official code, to the covariance's singular values.
+* Compilation: the forward has no graph break. The covariance pass (``collect``) accumulates into Python-side state
+  and runs only in ``on_task_start`` / ``on_task_end``, which the engine runs uncompiled.
 * Per-task count: the trained ``B`` only (ViT-S, r=5: 12 * 2 * 384 * 5 = 46,080); ``A_t`` (r=5: 23,040) is
   designed, not trained, and stored with the task as a buffer.
 """

@@ -258,6 +258,36 @@ def test_hat_gate_equation_and_annealing() -> None:
     assert next(iter(hat.gates(model).values())).s == pytest.approx((400 - 1 / 400) * 0.5 + 1 / 400)
 
 
+def test_hat_annealed_scale_is_a_graph_input_not_a_recompile() -> None:
+    """The per-batch ``s`` lives in a 0-dim buffer written in place, so a compiled backbone keeps one training graph
+    while ``s`` anneals (as a Python float it was a guarded constant: one more graph once it changed)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    model = tiny_model()
+    hat = make(Hat, HatConfig(), model)
+    with torch.no_grad():
+        for g in hat.gates(model).values():
+            g.embedding.normal_(generator=torch.Generator().manual_seed(0))
+    model.train()
+    torch._dynamo.reset()
+    counters.clear()
+    model.backbone.compile(backend="eager")
+    try:
+        outs = []
+        for i in range(4):
+            hat.on_train_batch_start(model, i, 4, 0)
+            outs.append(model(torch.ones(2, 3, 32, 32), 0))
+        assert counters["stats"]["unique_graphs"] == 1
+        assert not torch.allclose(outs[0], outs[3])  # the gates did follow s
+        assert all(
+            float(g.s_now) == pytest.approx(g.s) == pytest.approx(400 * 3 / 4 + 1 / 1600)
+            for g in hat.gates(model).values()
+        )
+    finally:
+        torch._dynamo.reset()
+
+
 def test_hat_topology_follows_the_residual_stream() -> None:
     plan = {m.conv: m for m in resnet_topology(build_resnet_tiny())}
     assert plan["conv1"].inputs == () and plan["conv1"].out == "bn1"
