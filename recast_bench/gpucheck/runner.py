@@ -201,8 +201,6 @@ def ceilings(tiny: bool) -> dict[str, Any]:
             out[name] = img_s | {"batch": batch, **flops, "fraction_of_bf16_peak": peak}
         except Exception as e:  # noqa: BLE001
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-    if cuda:
-        torch.cuda.empty_cache()  # the cases' processes get the memory the ceiling's models held
     return out
 
 
@@ -319,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         ceiling = {} if args.no_ceiling else ceilings(tiny)
+        if cuda:
+            torch.cuda.empty_cache()  # the cases' processes get the memory the ceiling's models held
         rows, counts, budget = _run_cases(args, runnable, work, cuda, isolate, lanes, compiled, deadline)
     order = {c.name: i for i, c in enumerate(cases)}
     rows += [{"case": c.name, "group": c.group, "backbone": c.backbone, "method": c.method, "status": "n/a",
