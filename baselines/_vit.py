@@ -117,8 +117,9 @@ class RowAdaptedLinear(nn.Module):
     * :meth:`adapt_rows` (the merged weight, for export and for ``weight``): the adapted weight rows.
 
     The two agree to float32 rounding (tests/test_unmerged_adapters.py). Rows of no part stay exactly the base
-    layer's (K of a Q/V adapter). The base layer's weight and bias are read at each forward (no copy), so a generated
-    weight (``recast+X``) is always current.
+    layer's (K of a Q/V adapter). Under ``torch.compile`` every subclass traces without a graph break (RoSA's
+    gathered sparse path included; its support probe exists only during the uncompiled warm-up). The base layer's
+    weight and bias are read at each forward (no copy), so a generated weight (``recast+X``) is always current.
     """
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]]) -> None:

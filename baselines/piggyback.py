@@ -6,7 +6,8 @@ straight-through estimator (the gradient w.r.t. the binary mask is passed to ``m
 official code (arunmallya/piggyback, ``src/modnets/layers.py`` and ``scripts/run_piggyback_training.sh``): mask init
 1e-2, threshold 5e-3, Adam with lr 1e-4 for masks and classifier. BatchNorm stays frozen in eval mode (the engine
 keeps every BN without trainable parameters in eval). The official binariser is an old-style autograd Function
-that current torch rejects; :class:`Binarize` is a static-method Function with the same semantics.
+that current torch rejects; :class:`Binarize` is a static-method Function with the same semantics, which
+``torch.compile`` traces as one op (no graph break; one training and one inference graph on the tiny backbones).
 
 Targets: every ResNet convolution (stem, block convs, 1x1 downsample projections unless ``skip_downsample``) or every
 ViT block linear (``qkv``, ``proj``, ``fc1``, ``fc2``, plus the patch embedding unless ``include_stem`` is false).
