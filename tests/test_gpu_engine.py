@@ -34,13 +34,13 @@ def test_evaluation_runs_on_the_training_device_after_fit(run_args, tmp_path, mo
     root = torch.device("cpu", 0)
     monkeypatch.setattr(SingleDeviceStrategy, "root_device", property(lambda self: root))
     seen = []
-    real = learner_mod.accuracy
+    real = learner_mod.predict
 
-    def spy(model, t, loader, n, device, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        seen.append(device)
-        return real(model, t, loader, n, device, *args, **kwargs)
+    def spy(model, t, loader, n, setup):  # noqa: ANN001, ANN202
+        seen.append(setup.device)
+        return real(model, t, loader, n, setup)
 
-    monkeypatch.setattr(learner_mod, "accuracy", spy)
+    monkeypatch.setattr(learner_mod, "predict", spy)
     assert main(run_args("linear", out=tmp_path / "dev")) == 0
     assert len(seen) == 6  # 1 + 2 + 3 evaluations over three tasks
     assert all(d == root for d in seen), seen

@@ -116,8 +116,12 @@ class _Reparam(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The generated weight. Cached only when autograd is off (evaluation), and never stale."""
-        if not self.cache_weight or torch.is_grad_enabled():
+        """The generated weight. Cached only when autograd is off (evaluation), and never stale.
+
+        Under ``torch.compile`` it is always generated inside the graph: the cache key reads version counters and
+        ``data_ptr()``, which Dynamo cannot trace (a graph break per layer), and a compiled graph holds no state.
+        """
+        if not self.cache_weight or torch.is_grad_enabled() or torch.compiler.is_compiling():
             self._cache = None
             return self.bank.generate(self.coefficients)
         key = self._cache_key()
