@@ -74,8 +74,15 @@ def test_shm_is_checked_against_what_the_loaders_need(monkeypatch):
     low = pf.shm_check(3, 8, 256, 256)
     assert low["shm_status"] == "low" and "fewer loader workers" in low["shm_warning"]
     assert pf.shm_check(3, 2, 256, 256)["shm_status"] == "ok"  # 0.84 GiB fits in the 1 GiB free
-    assert pf.shm_check(3, 0, 256, 256) | {} == {"shm_gb": 8.0, "shm_need_gb": 0.0, "shm_free_gb": 1.0,
-                                                  "shm_status": "ok"}  # fmt: skip
+    assert pf.shm_check(3, 0, 256, 256) == {"shm_gb": 8.0, "shm_need_gb": 0.0, "shm_free_gb": 1.0,
+                                             "shm_status": "ok"}  # fmt: skip
+    # what the GPU form checks: 3 lanes on 16 CPUs (5 workers each), batch 256 (eval) of 224 px models' 256 px photos
+    from recast_bench.gpucheck.runner import _shm
+
+    monkeypatch.setattr(pf, "shm_space", lambda: (64 * mib, 64 * mib))
+    with pytest.raises(UserError, match=r"3 run\(s\) x \(5 workers x 2 prefetched \+ 2\) batches of 256 uint8 256 px"):
+        _shm({"cpus": 16}, cuda=True, lanes=3)
+    assert _shm({"cpus": 16}, cuda=False, lanes=1)["shm_status"] == "ok"  # the CPU form loads in-process
 
 
 @pytest.mark.slow
