@@ -15,7 +15,7 @@ of its test evaluations and fails if one was not the GPU (cases.md's "evaluation
 every case in 8 minutes: the cases of :data:`COMPILED` keep the profile's ``trainer.compile`` (RECAST on both
 backbones, RECAST+AdaptFormer, MeLo: the methods whose compiled and eager training are compared in
 tests/test_compile.py), and so do the timing cases (RECAST again, with warm caches, as later bench runs have); the
-other cases run with ``trainer.compile=false``. ``--compile-all`` compiles every case (about 20 minutes).
+other cases run with ``trainer.compile=false``. ``--compile-all`` compiles every case (761 s modelled).
 
 **Budget** (:func:`expected_s`, :func:`limit_s`, :func:`budget`): the check must finish in 8 minutes on one H100 or
 H200. Every figure below is MODELLED: no GPU has run this check yet. A case is stopped at its limit (3x its expected
