@@ -137,10 +137,26 @@ class MultiHeadNet(MultiTaskModule):
         LwF's teacher, shares it instead of copying the stream)."""
 
     def forward(self, x: torch.Tensor, task_labels: Any) -> torch.Tensor:
+        """Logits of every sample under its own task's head, the backbone run once over the whole batch.
+
+        avalanche's ``MultiTaskModule.forward`` runs the whole network once per task present in the batch. With a
+        shared backbone that is one backbone pass per task in every mixed replay batch (GDumb, DER++, ER-ACE), and
+        on a ResNet training its BatchNorms on each task's slice alone: a task with a single sample in the batch
+        stops the run ("Expected more than 1 value per channel when training"). Ours, flagged: one pass, so BN sees
+        the whole batch, as a single forward of the concatenated batch does in the DER++ and ER-ACE papers' code
+        (mammoth); the heads still apply per task. Identical for single-task batches.
+        """
         plugin = self.finisher() if self.finisher is not None else None
         if plugin is not None and x.dtype == torch.uint8:  # raw training samples (EWC's importance pass)
             x = plugin.finish(x)
-        return super().forward(x, task_labels)
+        if task_labels is None or isinstance(task_labels, int):
+            return super().forward(x, task_labels)
+        feats = self.backbone(x)
+        out = torch.zeros(x.shape[0], self.max_class_label, device=x.device)
+        for t in torch.unique(task_labels).tolist():
+            mask = task_labels == t
+            out[mask] = self.classifier.forward_single_task(feats[mask], int(t)).float()
+        return out
 
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
         # fp32 logits: avalanche writes mixed-task outputs into an fp32 tensor, which refuses bf16 under autocast.
