@@ -96,6 +96,29 @@ def test_piggyback_forward_and_straight_through_gradient(kind: str) -> None:
     assert (layer.mask.grad[binary == 0] != 0).any()
 
 
+def test_piggyback_threshold_change_is_a_graph_input_not_a_recompile() -> None:
+    """The authors' init re-draws the threshold every task: it is a 0-dim buffer, so a compiled layer keeps its graph
+    (as a Python float it was baked into the graph: one recompile per task)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    layer = PiggybackLayer(nn.Conv2d(2, 3, 3, bias=False), mask_init=1e-2, threshold=5e-3)
+    with torch.no_grad():
+        layer.mask.copy_(torch.linspace(-5e-3, 5e-3, layer.mask.numel()).view_as(layer.mask))
+    x = torch.randn(1, 2, 5, 5)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(layer, backend="eager")
+    try:
+        for t in (1.9e-3, -4e-3, 0.0):  # as reset_mask draws them
+            layer.threshold = t
+            want = F.conv2d(x, layer.base.weight * (layer.mask > t).float())
+            torch.testing.assert_close(compiled(x), want)
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
+
+
 def test_binarize_thresholds_strictly() -> None:
     m = torch.tensor([4.9e-3, 5e-3, 5.1e-3, -1.0, 1.0])
     assert Binarize.apply(m, 5e-3).tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
