@@ -19,11 +19,12 @@ HIDE = Path(__file__).parent / "fixtures" / "hide_packages"
 DRIVER = """
 import contextlib, io, json, sys
 from recast_bench.cli import main
+from recast_bench.protocol.__main__ import main as protocol
 out = {}
 for key, argv in json.loads(sys.argv[1]).items():
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as so:
-        rc = main(argv)
+        rc = protocol(argv[1:]) if argv[0] == "protocol" else main(argv)
     out[key] = {"rc": rc, "stderr": err.getvalue(), "stdout": so.getvalue()}
 for name in ("avalanche", "wandb"):
     try:
@@ -44,14 +45,15 @@ def _run_cmd(method: str, out: Path, data: Path, logger: str = "none") -> list[s
 
 
 def test_lightning_runs_without_avalanche_and_wandb_and_their_users_say_what_to_install(tmp_path) -> None:
-    """One subprocess (the CLI's ``main``, as the ``recast-bench`` script calls it), four commands: a whole Lightning
-    run succeeds; ``list -v`` still shows the Avalanche methods; an Avalanche run and ``logger=wandb`` stop with one
-    line naming the package, exit 2, before their output directory exists."""
+    """One subprocess (the CLI's ``main``, as the ``recast-bench`` script calls it), five commands: a whole Lightning
+    run succeeds; ``list -v`` and the protocol cards still show the Avalanche methods; an Avalanche run and
+    ``logger=wandb`` stop with one line naming the package, exit 2, before their output directory exists."""
     path = os.pathsep.join(p for p in (str(HIDE), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, "RECAST_BENCH_HIDE": "avalanche,wandb"}
     cases = {
         "linear": _run_cmd("linear", tmp_path / "linear", tmp_path / "data"),
         "list": ["list", "-v"],
+        "card": ["protocol", "show", "--backbone", "resnet34", "er-ace"],
         "ewc": _run_cmd("ewc", tmp_path / "ewc", tmp_path / "data"),
         "wandb": _run_cmd("linear", tmp_path / "wandb", tmp_path / "data", logger="wandb"),
     }
@@ -70,6 +72,8 @@ def test_lightning_runs_without_avalanche_and_wandb_and_their_users_say_what_to_
     assert got["list"]["rc"] == 0
     for name in ("ewc", "lwf", "gdumb", "derpp", "er-ace", "l2p"):
         assert any(line.split()[:1] == [name] and "isolates=False" in line for line in listing.splitlines()), name
+    # So do the protocol cards (the card of an Avalanche row, with its values and the per-task count).
+    assert got["card"]["rc"] == 0 and "method.er-ace.mem_per_class = 120" in got["card"]["stdout"], got["card"]
     # Running one needs the package: one line naming it, exit 2, before the output directory exists.
     for key, package in (("ewc", "pip install avalanche-lib==0.6.0"), ("wandb", "pip install wandb")):
         lines = got[key]["stderr"].strip().splitlines()
