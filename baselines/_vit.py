@@ -109,11 +109,11 @@ class RowAdaptedLinear(nn.Module):
     ``parts`` maps a role (``q``, ``fc1``, ... or ``all`` for a plain layer) to its ``(start, stop)`` output rows.
     Subclasses implement the same adaptation twice:
 
-    * :meth:`adapt_output` (the forward pass, unmerged): the part's output rows from ``x`` and the base layer's own
-      output ``x W^T + b`` of those rows, e.g. plus the low-rank path ``s (x A^T) B^T``. The base GEMM never sees
-      the adapter, so (a) no full ``out x in`` weight gradient is formed for a frozen base weight (only the adapter's
-      small ones), and (b) under bf16 autocast the adapter's delta is not rounded into ``W`` first (a merged
-      ``W + dW`` cast to bf16 drops every entry of ``dW`` below about ``2^-9 |W|``);
+    * :meth:`adapt_output` (the forward pass, unmerged): the output from ``x`` and the base layer's own output
+      ``x W^T + b``, e.g. plus the parts' low-rank paths ``s (x A^T) B^T`` on their rows (:meth:`rows_to_full`).
+      The base GEMM never sees the adapter, so (a) no full ``out x in`` weight gradient is formed for a frozen base
+      weight (only the adapter's small ones), and (b) under bf16 autocast the adapter's delta is not rounded into
+      ``W`` first (a merged ``W + dW`` cast to bf16 drops every entry of ``dW`` below about ``2^-9 |W|``);
     * :meth:`adapt_rows` (the merged weight, for export and for ``weight``): the adapted weight rows.
 
     The two agree to float32 rounding (tests/test_unmerged_adapters.py). Rows of no part stay exactly the base
@@ -153,32 +153,45 @@ class RowAdaptedLinear(nn.Module):
         """Return the adapted weight rows of ``part`` given the base rows (``[stop - start, in_features]``)."""
         raise NotImplementedError
 
-    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Return ``part``'s output rows given the input ``x``, the base output ``y = x w^T + b`` of those rows and
-        the base weight rows ``w`` (for methods that need it, e.g. DoRA's norm); same dtype as ``y``."""
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The layer's output given its input ``x``, the base output ``y = x w^T + b`` (every row) and the base
+        weight ``w`` (for methods that need it, e.g. DoRA's norm); same dtype as ``y``."""
         raise NotImplementedError
 
-    def _splice(self, full: torch.Tensor, adapted: dict[str, torch.Tensor], dim: int) -> torch.Tensor:
-        """``full`` with each part's span along ``dim`` replaced by ``adapted[part]`` (one concatenation)."""
+    def rows_to_full(self, parts: dict[str, torch.Tensor], fill: float = 0.0) -> torch.Tensor:
+        """Per-part tensors (last dimension: the part's rows) as one ``[..., out_features]`` tensor, ``fill`` on the
+        rows of no part.
+
+        Adapters add (or scale) the base output with one full-width op instead of slicing it per part: a slice of
+        ``y`` costs a zero-filled full-size gradient per part in the backward pass, the concatenation here only views.
+        """
+        ref = next(iter(parts.values()))
         chunks, cursor = [], 0
         for part, (start, stop) in self.parts.items():
             if start > cursor:
-                chunks.append(full.narrow(dim, cursor, start - cursor))
-            chunks.append(adapted[part])
+                chunks.append(ref.new_full((*ref.shape[:-1], start - cursor), fill))
+            chunks.append(parts[part])
             cursor = stop
-        if cursor < full.shape[dim]:
-            chunks.append(full.narrow(dim, cursor, full.shape[dim] - cursor))
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim)
+        if cursor < self.out_features:
+            chunks.append(ref.new_full((*ref.shape[:-1], self.out_features - cursor), fill))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, -1)
 
     def effective_weight(self) -> torch.Tensor:
+        """The merged weight: the base rows, each part's rows replaced by :meth:`adapt_rows`."""
         w = self.base.weight
-        return self._splice(w, {p: self.adapt_rows(p, w[a:b]) for p, (a, b) in self.parts.items()}, 0)
+        chunks, cursor = [], 0
+        for part, (start, stop) in self.parts.items():
+            if start > cursor:
+                chunks.append(w[cursor:start])
+            chunks.append(self.adapt_rows(part, w[start:stop]))
+            cursor = stop
+        if cursor < w.shape[0]:
+            chunks.append(w[cursor:])
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.base.weight  # read once: a generated weight is built once per forward
-        y = F.linear(x, w, self.base.bias)
-        out = {p: self.adapt_output(p, x, y[..., a:b], w[a:b]) for p, (a, b) in self.parts.items()}
-        return self._splice(y, out, -1)
+        return self.adapt_output(x, F.linear(x, w, self.base.bias), w)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, parts={list(self.parts)}"

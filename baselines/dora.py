@@ -74,16 +74,16 @@ class DoRALinear(RowAdaptedLinear):
             v = w.detach().float() + f.delta(self.scale).detach().float()
             return v.norm(p=2, dim=1)
 
-    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        a, b = self.lora[part].factors()
-        # The magnitude ratio stays float32 (as PEFT's): in bf16 it would round away small changes of m.
-        scale = self.magnitude[part] / self.row_norm(part, w)
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # Per part: (m / ||V||) (x W^T + s x A^T B^T) + b = r (y + d) + (1 - r) b with y the base output (bias
+        # included), over every row at once: r = 1 and d = 0 on the rows of no part, which stay exactly y.
+        # The ratio r stays float32 (as PEFT's): in bf16 it would round away small changes of m.
+        ratio = {p: self.magnitude[p] / self.row_norm(p, w[a:b]) for p, (a, b) in self.parts.items()}
+        delta = {p: low_rank_output(x, *self.lora[p].factors(), self.scale).to(y.dtype) for p in self.parts}
+        r = self.rows_to_full(ratio, fill=1.0)
+        out = r * (y + self.rows_to_full(delta))
         bias = self.base.bias
-        if bias is None:
-            return (scale * (y + low_rank_output(x, a, b, self.scale).to(y.dtype))).to(y.dtype)
-        start, stop = self.parts[part]
-        b_p = bias[start:stop]
-        return (scale * (y - b_p.to(y.dtype) + low_rank_output(x, a, b, self.scale).to(y.dtype)) + b_p).to(y.dtype)
+        return (out if bias is None else out + (1 - r) * bias).to(y.dtype)
 
     def reset(self, generator: torch.Generator) -> None:
         """Fresh LoRA pair; ``m`` = row norms of the base weight as it is now (so ``W' == W`` at the start)."""

@@ -46,12 +46,12 @@ from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from baselines._vit import (
     RowAdaptedLinear,
     check_low_rank,
-    low_rank_output,
     modules_of,
     vit_blocks,
     work_device,
@@ -93,8 +93,9 @@ class InfLoRAQKV(RowAdaptedLinear):
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         return rows + (self.B[part] @ self.A).to(rows.dtype)
 
-    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return y + low_rank_output(x, self.A, self.B[part]).to(y.dtype)
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xa = F.linear(x, self.A)  # A is shared by K and V: projected once
+        return y + self.rows_to_full({p: F.linear(xa, self.B[p]) for p in self.parts}).to(y.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.collect:

@@ -131,9 +131,9 @@ class LoRALinear(RowAdaptedLinear):
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         return rows + self.lora[part].delta(self.scale).to(rows.dtype)
 
-    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        a, b = self.lora[part].factors()
-        return y + low_rank_output(x, a, b, self.scale).to(y.dtype)
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        delta = {p: low_rank_output(x, *self.lora[p].factors(), self.scale) for p in self.parts}
+        return y + self.rows_to_full(delta).to(y.dtype)
 
 
 @dataclass

@@ -168,15 +168,24 @@ class RosaLinear(RowAdaptedLinear):
             out = out + self.probe[part]
         return out
 
-    def adapt_output(self, part: str, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        out = y
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return y + self.rows_to_full({p: self.part_delta(p, x).to(y.dtype) for p in self.parts})
+
+    def part_delta(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        """``s (x A^T) B^T + x S^T`` of one part (each term its own path), plus the support probe's ``x P^T``."""
+        terms = []
         if part in self.lora:
-            a, b = self.lora[part].factors()
-            out = out + low_rank_output(x, a, b, self.scale).to(y.dtype)
+            terms.append(low_rank_output(x, *self.lora[part].factors(), self.scale))
         if part in self.sparse:
-            out = out + self.sparse[part].output(x).to(y.dtype)
+            terms.append(self.sparse[part].output(x))
         if self.probe is not None and part in self.probe:  # d loss / d probe = the adapted weight's gradient
-            out = out + F.linear(x, self.probe[part].to(x.dtype)).to(y.dtype)
+            terms.append(F.linear(x, self.probe[part].to(x.dtype)))
+        if not terms:  # a part with neither (not built by the method): no change
+            start, stop = self.parts[part]
+            return x.new_zeros(*x.shape[:-1], stop - start)
+        out = terms[0]
+        for t in terms[1:]:
+            out = out + t.to(out.dtype)
         return out
 
 
