@@ -218,12 +218,8 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
     res.update({"compile": compiled, "compile_backend": str(tcfg.compile_backend) if compiled else None})
 
     done = int(res["completed_tasks"])
-    if done:  # resume: the shared state as it was after the last completed task, then every task's own state
-        learner.load_shared(task_dir(out, tasks[done - 1].name) / SHARED)
-        for t in range(done):
-            learner.load_task(t, tasks[t], task_dir(out, tasks[t].name))
-        if echo:
-            print(f"resuming {out} after task {done} of {len(tasks)}", file=sys.stderr)
+    if done:
+        _resume(learner, tasks, out, done, echo)
 
     for t in range(done, len(tasks)):
         task = tasks[t]
@@ -238,20 +234,12 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         else:
             sizes = {"bytes": None, "head_bytes": None}
         row = res["acc_matrix"][t]
-        eval_start = time.perf_counter()
-        preds = {}
-        for j in range(t + 1):
-            row[j] = learner.evaluate(j, tasks[j])
-            preds[tasks[j].name] = getattr(learner, "last_predictions", None)
-        eval_s = time.perf_counter() - eval_start
+        preds, eval_s = evaluate_seen(learner, tasks, t, row)
         if rank0:  # before results.json: a completed task always has its predictions on disk
             write_predictions(out / PREDICTIONS, preds, {"after_task": task.name, "fingerprint": fp})
         if "cb" in step:
             step["n"] = step["cb"].step
-        record_task(res, t, stats, sizes)
-        res["timing"][t] = task_timing(stats, time.perf_counter() - start, eval_s)
-        res["task_switch_ms"] = _mean(getattr(learner, "switch_ms", None)) or res.get("task_switch_ms")
-        res["wall_s"] = float(res["wall_s"]) + time.perf_counter() - start
+        record_task(res, t, stats, sizes, learner, time.perf_counter() - start, eval_s)
         record_peak_memory(res, device)
         summarise(res)
         if rank0:
@@ -276,8 +264,31 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
     return res
 
 
-def record_task(res: dict, t: int, stats: dict, sizes: dict) -> None:
-    """Task ``t``'s per-task entries of results.json from the learner's fit statistics and the saved sizes."""
+def _resume(learner, tasks: list, out: Path, done: int, echo: bool) -> None:  # noqa: ANN001 (a Learner)
+    """The shared state as it was after the last completed task, then every completed task's own state."""
+    learner.load_shared(task_dir(out, tasks[done - 1].name) / SHARED)
+    for t in range(done):
+        learner.load_task(t, tasks[t], task_dir(out, tasks[t].name))
+    if echo:
+        print(f"resuming {out} after task {done} of {len(tasks)}", file=sys.stderr)
+
+
+def evaluate_seen(learner, tasks: list, t: int, row: list) -> tuple[dict, float]:  # noqa: ANN001 (a Learner)
+    """Test every task seen so far under its own state into ``row``; their predictions and the seconds it took."""
+    start = time.perf_counter()
+    preds = {}
+    for j in range(t + 1):
+        row[j] = learner.evaluate(j, tasks[j])
+        preds[tasks[j].name] = getattr(learner, "last_predictions", None)
+    return preds, time.perf_counter() - start
+
+
+def record_task(res: dict, t: int, stats: dict, sizes: dict, learner, wall_s: float, eval_s: float) -> None:  # noqa: ANN001
+    """Task ``t``'s per-task entries of results.json: the learner's fit statistics, the saved sizes, the measured
+    timing (``wall_s``: the task so far, from its fit to its test evaluation) and the task switches."""
+    res["timing"][t] = task_timing(stats, wall_s, eval_s)
+    res["task_switch_ms"] = _mean(getattr(learner, "switch_ms", None)) or res.get("task_switch_ms")
+    res["wall_s"] = float(res["wall_s"]) + wall_s
     res["val_acc"][t] = stats.get("val_acc")
     res["best_epoch"][t] = stats.get("best_epoch")
     res["trainable_params_per_task"][t] = stats["trainable_params"]
