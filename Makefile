@@ -41,8 +41,14 @@ format: $(STAMP) ## apply ruff formatting and safe fixes
 perf: $(STAMP) ## measure speed and size figures into perf/perf.json and perf/perf.md
 	$(BIN)/recast-bench perf --out perf
 
-gpu-check: $(STAMP) ## GPU smoke test: preflight, every case for one epoch, throughput ceiling -> gpu-check.json (CPU form without CUDA)
-	$(PY) -m recast_bench.gpucheck --out gpu-check.json $(GPU_CHECK_ARGS)
+# gpu-check runs on this checkout's virtualenv when it is installed, else on $(PYTHON) when that already has torch (a
+# CUDA image with the stack preinstalled: no virtualenv is built, and a missing package is one line saying how to
+# install it), else it installs the virtualenv first.
+gpu-check: ## GPU smoke test in < 8 min: preflight, every case, throughput and fixed costs -> gpu-check.json (CPU form without CUDA)
+	@if [ -f $(STAMP) ]; then py=$(PY); \
+	elif $(PYTHON) -m recast_bench.gpucheck.stack --has torch; then py=$(PYTHON); \
+	else $(MAKE) --no-print-directory install && py=$(PY); fi; \
+	echo "gpu-check: with $$py"; $$py -m recast_bench.gpucheck --out gpu-check.json $(GPU_CHECK_ARGS)
 
 clean: ## remove run outputs (keeps data/ and the virtualenv)
 	rm -rf runs bench perf outputs multirun

@@ -107,8 +107,19 @@ class RowAdaptedLinear(nn.Module):
     """``y = x W'^T + b`` where ``W'`` replaces the rows of selected parts of ``base.weight``.
 
     ``parts`` maps a role (``q``, ``fc1``, ... or ``all`` for a plain layer) to its ``(start, stop)`` output rows.
-    Subclasses implement :meth:`adapt_rows`; rows of no part stay exactly ``base.weight``'s (K of a Q/V adapter).
-    The base layer's weight and bias are read at each forward (no copy), so a generated weight is always current.
+    Subclasses implement the same adaptation twice:
+
+    * :meth:`adapt_output` (the forward pass, unmerged): the output from ``x`` and the base layer's own output
+      ``x W^T + b``, e.g. plus the parts' low-rank paths ``s (x A^T) B^T`` on their rows (:meth:`rows_to_full`).
+      The base GEMM never sees the adapter, so (a) no full ``out x in`` weight gradient is formed for a frozen base
+      weight (only the adapter's small ones), and (b) under bf16 autocast the adapter's delta is not rounded into
+      ``W`` first (a merged ``W + dW`` cast to bf16 drops every entry of ``dW`` below about ``2^-9 |W|``);
+    * :meth:`adapt_rows` (the merged weight, for export and for ``weight``): the adapted weight rows.
+
+    The two agree to float32 rounding (tests/test_unmerged_adapters.py). Rows of no part stay exactly the base
+    layer's (K of a Q/V adapter). Under ``torch.compile`` every subclass traces without a graph break (RoSA's
+    gathered sparse path included; its support probe exists only during the uncompiled warm-up). The base layer's
+    weight and bias are read at each forward (no copy), so a generated weight (``recast+X``) is always current.
     """
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]]) -> None:
@@ -131,7 +142,7 @@ class RowAdaptedLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The adapted weight (so that a wrapper can itself be treated as a Linear-like layer)."""
+        """The adapted (merged) weight, so that a wrapper can itself be treated as a Linear-like layer."""
         return self.effective_weight()
 
     @property
@@ -139,10 +150,34 @@ class RowAdaptedLinear(nn.Module):
         return self.base.bias
 
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
-        """Return the adapted rows of ``part`` given the base rows (``[stop - start, in_features]``)."""
+        """Return the adapted weight rows of ``part`` given the base rows (``[stop - start, in_features]``)."""
         raise NotImplementedError
 
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The layer's output given its input ``x``, the base output ``y = x w^T + b`` (every row) and the base
+        weight ``w`` (for methods that need it, e.g. DoRA's norm); same dtype as ``y``."""
+        raise NotImplementedError
+
+    def rows_to_full(self, parts: dict[str, torch.Tensor], fill: float = 0.0) -> torch.Tensor:
+        """Per-part tensors (last dimension: the part's rows) as one ``[..., out_features]`` tensor, ``fill`` on the
+        rows of no part.
+
+        Adapters add (or scale) the base output with one full-width op instead of slicing it per part: a slice of
+        ``y`` costs a zero-filled full-size gradient per part in the backward pass, the concatenation here only views.
+        """
+        ref = next(iter(parts.values()))
+        chunks, cursor = [], 0
+        for part, (start, stop) in self.parts.items():
+            if start > cursor:
+                chunks.append(ref.new_full((*ref.shape[:-1], start - cursor), fill))
+            chunks.append(parts[part])
+            cursor = stop
+        if cursor < self.out_features:
+            chunks.append(ref.new_full((*ref.shape[:-1], self.out_features - cursor), fill))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, -1)
+
     def effective_weight(self) -> torch.Tensor:
+        """The merged weight: the base rows, each part's rows replaced by :meth:`adapt_rows`."""
         w = self.base.weight
         chunks, cursor = [], 0
         for part, (start, stop) in self.parts.items():
@@ -155,10 +190,17 @@ class RowAdaptedLinear(nn.Module):
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.base.bias)
+        w = self.base.weight  # read once: a generated weight is built once per forward
+        return self.adapt_output(x, F.linear(x, w, self.base.bias), w)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, parts={list(self.parts)}"
+
+
+def low_rank_output(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * (x a^T) b^T``: the low-rank path of the LoRA family, never forming ``b a`` (``out x in``)."""
+    out = F.linear(F.linear(x, a), b)
+    return out if scale == 1.0 else out * scale
 
 
 def wrap_targets(backbone: nn.Module, targets: Sequence[str], make: callable) -> dict[str, RowAdaptedLinear]:

@@ -6,7 +6,7 @@
 * The network is a ``MultiTaskModule``: our backbone and a ``MultiHeadClassifier`` whose heads are all
   ``total_classes`` wide with per-task unit masking. Equal widths let mixed-task replay batches (DER, ER-ACE,
   GDumb) be concatenated, and DER's stored logits have one shape.
-* Accuracy is the engine's: ``recast_bench.engine.evaluate.accuracy`` on the task's test split through a view that
+* Accuracy is the engine's: ``recast_bench.engine.evaluate.predict`` on the task's test split through a view that
   returns the task's own head, i.e. the logits of its classes only (task-IL).
 * Execution (issue 13): the run's device with its index, its loader workers, pinning and persistent workers
   (``strategy.train`` passes them to avalanche's loaders; ER-ACE's replay loader, which avalanche builds without
@@ -15,6 +15,8 @@
   determinism as the profile sets them. Not honoured: ``trainer.grad_clip`` (avalanche has no clipping hook
   before its optimizer step), ``devices>1``/DDP (refused), and DER's logit pass after each experience and GDumb's
   buffer run in fp32 (outside the forward hooks).
+* Inputs: EWC, LwF and L2P train on uint8 squares finished on the device, GDumb, DER++ and ER-ACE on the float
+  CPU path (their batches mix tasks); every evaluation runs on the uint8 device path (``avalanche_device.py``).
 * Resume: the whole strategy state (network, heads, regulariser state, replay buffers as sample ids + weights +
   logits) goes to safetensors, with the rest as JSON in its metadata; nothing is pickled.
 """
@@ -26,6 +28,7 @@ import json
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,14 +39,15 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiHeadClassifier, MultiTaskModule
 from avalanche.models.dynamic_modules import avalanche_model_adaptation
 from avalanche.training.plugins import EvaluationPlugin
-from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from baselines.avalanche_device import DeviceFinishPlugin, uses_device_path
+from recast_bench.data.device_transforms import DeviceAugment
 from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
 from recast_bench.engine.device import apply_profile, autocast_dtype
-from recast_bench.engine.evaluate import accuracy
+from recast_bench.engine.evaluate import EvalSetup, Predictions, predict
 from recast_bench.engine.learner import make_loader
 from recast_bench.engine.module import lr_step_size
 from recast_bench.errors import UserError
@@ -86,11 +90,12 @@ class WithTargets(Dataset):
         return x, int(y)
 
 
-def make_experiences(tasks: list[Task]) -> list[Any]:
+def make_experiences(tasks: list[Task], uint8: bool = False) -> list[Any]:
     """One task-labelled training experience per task, classes offset globally, each sample tagged with a uid.
 
     The ``uid`` data attribute (not returned by ``__getitem__``) survives avalanche's subset/concat, so a replay
-    buffer can be written as sample ids and rebuilt from the same experiences on resume.
+    buffer can be written as sample ids and rebuilt from the same experiences on resume. ``uint8``: the samples are
+    the tasks' uint8 squares (``Task.uint8``), finished on the device (``baselines/avalanche_device.py``).
     """
     for task in tasks:
         got = sorted(set(dataset_targets(task.train)))
@@ -98,9 +103,10 @@ def make_experiences(tasks: list[Task]) -> list[Any]:
             raise UserError(
                 f"task {task.name!r}: avalanche needs every class in train, found {len(got)} of {task.num_classes}"
             )
+    split = (lambda t, name: t.uint8(name)) if uint8 else getattr
     bench = nc_benchmark(
-        [WithTargets(t.train) for t in tasks],
-        [WithTargets(t.test) for t in tasks],
+        [WithTargets(split(t, "train")) for t in tasks],
+        [WithTargets(split(t, "test")) for t in tasks],
         n_experiences=len(tasks),
         task_labels=True,
         one_dataset_per_exp=True,
@@ -126,6 +132,31 @@ class MultiHeadNet(MultiTaskModule):
         self.classifier = MultiHeadClassifier(num_features, initial_out_features=total_classes, masking=True)
         # Mixed-task batches are written into a [B, max_class_label] tensor; every head is this wide.
         self.max_class_label = total_classes
+        self.finisher: weakref.ref | None = None
+        """The device path's :class:`~baselines.avalanche_device.DeviceFinishPlugin`, weakly (a deep copy, e.g.
+        LwF's teacher, shares it instead of copying the stream)."""
+
+    def forward(self, x: torch.Tensor, task_labels: Any) -> torch.Tensor:
+        """Logits of every sample under its own task's head, the backbone run once over the whole batch.
+
+        avalanche's ``MultiTaskModule.forward`` runs the whole network once per task present in the batch. With a
+        shared backbone that is one backbone pass per task in every mixed replay batch (GDumb, DER++, ER-ACE), and
+        on a ResNet training its BatchNorms on each task's slice alone: a task with a single sample in the batch
+        stops the run ("Expected more than 1 value per channel when training"). Ours, flagged: one pass, so BN sees
+        the whole batch, as a single forward of the concatenated batch does in the DER++ and ER-ACE papers' code
+        (mammoth); the heads still apply per task. Identical for single-task batches.
+        """
+        plugin = self.finisher() if self.finisher is not None else None
+        if plugin is not None and x.dtype == torch.uint8:  # raw training samples (EWC's importance pass)
+            x = plugin.finish(x)
+        if task_labels is None or isinstance(task_labels, int):
+            return super().forward(x, task_labels)
+        feats = self.backbone(x)
+        out = torch.zeros(x.shape[0], self.max_class_label, device=x.device)
+        for t in torch.unique(task_labels).tolist():
+            mask = task_labels == t
+            out[mask] = self.classifier.forward_single_task(feats[mask], int(t)).float()
+        return out
 
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
         # fp32 logits: avalanche writes mixed-task outputs into an fp32 tensor, which refuses bf16 under autocast.
@@ -215,46 +246,6 @@ def quiet() -> Iterator[None]:
         yield
 
 
-# ---- replay buffers ----------------------------------------------------------------------------------------------
-def buffer_state(policy: Any, prefix: str, with_logits: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """A class-balanced buffer as tensors (sample uids, reservoir weights, DER logits) and JSON (sizes, classes)."""
-    tensors: dict[str, torch.Tensor] = {}
-    groups = {}
-    for c, g in policy.buffer_groups.items():
-        groups[str(int(c))] = int(g.max_size)
-        if len(g.buffer) == 0:
-            continue
-        tensors[f"{prefix}/{int(c)}/uid"] = torch.as_tensor([int(u) for u in g.buffer.uid], dtype=torch.int64)
-        tensors[f"{prefix}/{int(c)}/w"] = g._buffer_weights.detach().clone()
-        if with_logits:
-            tensors[f"{prefix}/{int(c)}/logits"] = torch.stack([torch.as_tensor(v) for v in g.buffer.logits])
-    meta = {"groups": groups, "seen": sorted(int(c) for c in getattr(policy, "seen_classes", set()))}
-    return tensors, meta
-
-
-def restore_buffer(policy: Any, tensors: dict, meta: dict, prefix: str, learner: AvalancheLearner, with_logits=False):
-    """Rebuild ``policy.buffer_groups`` from :func:`buffer_state` over the learner's experiences."""
-    from avalanche.benchmarks.utils import make_avalanche_dataset
-    from avalanche.benchmarks.utils.data_attribute import TensorDataAttribute
-    from avalanche.benchmarks.utils.flat_data import FlatData
-
-    policy.buffer_groups = {}
-    policy.seen_classes = set(meta["seen"])
-    for c, size in meta["groups"].items():
-        group = ReservoirSamplingBuffer(size)
-        key = f"{prefix}/{c}"
-        if f"{key}/uid" in tensors:
-            ds = learner.subset_by_uid(tensors[f"{key}/uid"].tolist())
-            if with_logits:
-                logits = FlatData([list(tensors[f"{key}/logits"].unbind(0))], discard_elements_not_in_indices=True)
-                ds = make_avalanche_dataset(
-                    ds, data_attributes=[TensorDataAttribute(logits, name="logits", use_in_getitem=True)]
-                )
-            group.buffer = ds
-            group._buffer_weights = tensors[f"{key}/w"].clone()
-        policy.buffer_groups[int(c)] = group
-
-
 # ---- learner -----------------------------------------------------------------------------------------------------
 class AvalancheLearner:
     """The loop's learner protocol (see ``recast_bench/engine/learner.py``) over one avalanche strategy."""
@@ -278,11 +269,20 @@ class AvalancheLearner:
         self.backbone = model.backbone
         self.num_features = model.num_features
         self.done = 0
+        self.device_path = uses_device_path(method.name, tasks)
+        """Training batches travel as uint8 and are finished on the device (``baselines/avalanche_device.py``)."""
+        self.last_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
+        """After :meth:`evaluate`: ``(pred, label)``, CPU int64 in test-set order."""
         with quiet():
-            self.exps = make_experiences(tasks)
+            self.exps = make_experiences(tasks, uint8=self.device_path)
             self.uid_starts = [int(e.dataset.uid[0]) for e in self.exps]
             self.adapter = adapter_for(method.name)
             self.strategy = self.adapter.build(self)
+            if self.device_path:  # first: every other plugin and the forward see the finished batch
+                finish = DeviceFinishPlugin(tasks, seed)
+                self.strategy.plugins.insert(0, finish)
+                if isinstance(self.strategy.model, MultiHeadNet):
+                    self.strategy.model.finisher = weakref.ref(finish)
             if self.amp_dtype is not None:
                 self.strategy.plugins.append(AutocastPlugin(self.device, self.amp_dtype))
 
@@ -354,7 +354,7 @@ class AvalancheLearner:
             self.strategy.train(self.exps[t], eval_streams=[], reset_optimizer_state=True, **self.loader_kwargs())
         train_s = time.perf_counter() - start
         self.done = t + 1
-        val = self._accuracy(t, task.val, task.num_classes)
+        val = self._predict(t, task, "val").acc
         return {
             "val_acc": val,
             "best_epoch": self.tcfg.epochs - 1,  # avalanche trains a fixed number of epochs, no selection
@@ -417,14 +417,20 @@ class AvalancheLearner:
             avalanche_model_adaptation(model, self.exps[e])
         model.train(was)
 
-    def _accuracy(self, t: int, ds: Dataset, num_classes: int) -> float:
+    def _predict(self, t: int, task: Task, split: str) -> Predictions:
+        """Task ``t``'s ``split`` through its own head: uint8 squares finished on the device when the stream has
+        them (every strategy: the evaluation loop is ours), else the split's model-ready tensors."""
         parts = self.adapter.eval_modules(self.strategy)
         view = TaskView(lambda x, j: self.adapter.logits(self.strategy, x, j), parts, (self.offsets[t], self.sizes[t]))
-        view.eval()  # accuracy() restores this mode afterwards: keep the networks in eval
+        view.eval()  # predict() restores this mode afterwards: keep the networks in eval
+        tf, ds = task.batch_transform, task.uint8(split)
         loader = make_loader(ds, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
         for m in parts:
             m.to(self.device)
-        return accuracy(view, t, loader, num_classes, self.device, self.tcfg.precision)  # type: ignore[arg-type]
+        setup = EvalSetup(self.device, self.tcfg.precision, transform=DeviceAugment(tf, 0) if tf is not None else None)
+        return predict(view, t, loader, task.num_classes, setup)  # type: ignore[arg-type]
 
     def evaluate(self, t: int, task: Task) -> float:
-        return self._accuracy(t, task.test, task.num_classes)
+        res = self._predict(t, task, "test")
+        self.last_predictions = (res.pred, res.label)
+        return res.acc

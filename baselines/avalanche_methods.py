@@ -16,10 +16,12 @@ engine's StepLR schedule. L2P keeps its own Adam (lr 0.03) that avalanche rebuil
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from recast_bench.engine.method import Method, MethodConfig
+from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
 
 if TYPE_CHECKING:
@@ -144,18 +146,62 @@ class L2PConfig(AvalancheConfig):
             raise ValueError("need pool_size, prompt_length, top_k >= 1 and top_k <= pool_size")
 
 
+AVALANCHE_PIN = "avalanche-lib==0.6.0"
+AVALANCHE_NEEDS = ("avalanche", "wandb")
+"""Top-level modules an Avalanche run imports: avalanche-lib itself, and wandb, which avalanche 0.6 imports
+unconditionally (``avalanche/evaluation/metrics/confusion_matrix.py``)."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_package_error(method: str, module: str) -> UserError:
+    """One line naming what to install for ``method`` when ``module`` cannot be imported."""
+    if module == "avalanche":
+        return UserError(f"{method} runs on avalanche-lib, which is not installed here: pip install {AVALANCHE_PIN}")
+    return UserError(
+        f"{method} runs on avalanche-lib, which cannot be imported without {module} (avalanche imports it itself): "
+        f"pip install {module}"
+    )
+
+
+def require_avalanche(method: str) -> None:
+    """Refuse an Avalanche run up front (before any output is written) when its packages are not installed; looks
+    them up without importing them."""
+    for module in AVALANCHE_NEEDS:
+        if not _installed(module):
+            raise missing_package_error(method, module)
+
+
 class AvalancheMethod(Method):
-    """Base of the Avalanche baselines: the whole network is shared and trained, the loop asks for a learner."""
+    """Base of the Avalanche baselines: the whole network is shared and trained, the loop asks for a learner.
+
+    Building one (``build_method``, before the run touches its output directory) checks that avalanche-lib can be
+    imported; nothing imports it before :meth:`make_learner`.
+    """
 
     runner = "avalanche"
     isolates_tasks = False
     Config = AvalancheConfig
 
+    def __init__(self, cfg: MethodConfig) -> None:
+        super().__init__(cfg)
+        require_avalanche(self.name)
+
     def make_learner(
         self, model: TaskModel, tasks: list[Task], tcfg: TrainerConfig, seed: int, fingerprint: str
     ) -> Any:
-        from baselines.avalanche_common import AvalancheLearner  # avalanche is imported only for these runs
-
+        try:  # avalanche is imported only for these runs
+            from baselines.avalanche_common import AvalancheLearner
+        except ImportError as e:
+            module = (e.name or "").partition(".")[0]
+            if not module or module in ("baselines", "recast_bench"):
+                raise  # our own code: a bug, not a missing package
+            raise missing_package_error(self.name, module) from None
         return AvalancheLearner(self, model, tasks, tcfg, seed, fingerprint)
 
     def selection(self) -> tuple[str, str]:

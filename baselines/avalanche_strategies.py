@@ -22,16 +22,54 @@ from unittest import mock
 import torch
 from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import EWCPlugin, GDumbPlugin, LwFPlugin
-from avalanche.training.storage_policy import ClassBalancedBuffer
+from avalanche.training.storage_policy import ClassBalancedBuffer, ReservoirSamplingBuffer
 from avalanche.training.supervised import DER, ER_ACE, EWC, GDumb, LwF
 from avalanche.training.supervised import der as der_module
 from avalanche.training.utils import ParamData, cycle
 from torch import nn
 
-from baselines.avalanche_common import buffer_state, restore_buffer
-
 if TYPE_CHECKING:
     from baselines.avalanche_common import AvalancheLearner
+
+
+# ---- replay buffers ----------------------------------------------------------------------------------------------
+def buffer_state(policy: Any, prefix: str, with_logits: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """A class-balanced buffer as tensors (sample uids, reservoir weights, DER logits) and JSON (sizes, classes)."""
+    tensors: dict[str, torch.Tensor] = {}
+    groups = {}
+    for c, g in policy.buffer_groups.items():
+        groups[str(int(c))] = int(g.max_size)
+        if len(g.buffer) == 0:
+            continue
+        tensors[f"{prefix}/{int(c)}/uid"] = torch.as_tensor([int(u) for u in g.buffer.uid], dtype=torch.int64)
+        tensors[f"{prefix}/{int(c)}/w"] = g._buffer_weights.detach().clone()
+        if with_logits:
+            tensors[f"{prefix}/{int(c)}/logits"] = torch.stack([torch.as_tensor(v) for v in g.buffer.logits])
+    meta = {"groups": groups, "seen": sorted(int(c) for c in getattr(policy, "seen_classes", set()))}
+    return tensors, meta
+
+
+def restore_buffer(policy: Any, tensors: dict, meta: dict, prefix: str, learner: AvalancheLearner, with_logits=False):
+    """Rebuild ``policy.buffer_groups`` from :func:`buffer_state` over the learner's experiences."""
+    from avalanche.benchmarks.utils import make_avalanche_dataset
+    from avalanche.benchmarks.utils.data_attribute import TensorDataAttribute
+    from avalanche.benchmarks.utils.flat_data import FlatData
+
+    policy.buffer_groups = {}
+    policy.seen_classes = set(meta["seen"])
+    for c, size in meta["groups"].items():
+        group = ReservoirSamplingBuffer(size)
+        key = f"{prefix}/{c}"
+        if f"{key}/uid" in tensors:
+            ds = learner.subset_by_uid(tensors[f"{key}/uid"].tolist())
+            if with_logits:
+                logits = FlatData([list(tensors[f"{key}/logits"].unbind(0))], discard_elements_not_in_indices=True)
+                ds = make_avalanche_dataset(
+                    ds, data_attributes=[TensorDataAttribute(logits, name="logits", use_in_getitem=True)]
+                )
+            group.buffer = ds
+            group._buffer_weights = tensors[f"{key}/w"].clone()
+        policy.buffer_groups[int(c)] = group
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from baselines._vit import (
     RowAdaptedLinear,
     check_low_rank,
     check_targets,
+    low_rank_output,
     modules_of,
     task_generator,
     vit_blocks,
@@ -47,7 +48,13 @@ if TYPE_CHECKING:
 
 
 class DoRALinear(RowAdaptedLinear):
-    """``W'[rows(p)] = m_p * (W_p + s B_p A_p) / ||W_p + s B_p A_p||_row`` (norm detached); other rows untouched."""
+    """``W'[rows(p)] = m_p * (W_p + s B_p A_p) / ||W_p + s B_p A_p||_row`` (norm detached); other rows untouched.
+
+    Forward, unmerged as NVlabs/DoRA (``dora.py`` Linear.forward) and PEFT (``DoraLinearLayer.forward``) compute it:
+    ``y_p = (m_p / ||V_p||) * (x W_p^T + s (x A_p^T) B_p^T) + b_p``. The merged ``V_p = W_p + s B_p A_p`` is formed
+    only for its row norms, in float32 and without autograd (the norm is a constant in the backward pass), so no
+    ``out x in`` gradient is computed and the low-rank delta never goes through a bf16 weight.
+    """
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], rank: int, scale: float) -> None:
         super().__init__(base, parts)
@@ -59,6 +66,24 @@ class DoRALinear(RowAdaptedLinear):
         v = rows + self.lora[part].delta(self.scale).to(rows.dtype)
         norm = v.norm(p=2, dim=1).detach()
         return v * (self.magnitude[part] / norm).unsqueeze(1)
+
+    def row_norm(self, part: str, w: torch.Tensor) -> torch.Tensor:
+        """``||W_p + s B_p A_p||_row`` in float32, outside autograd and autocast (a constant of the backward pass)."""
+        f = self.lora[part]
+        with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
+            v = w.detach().float() + f.delta(self.scale).detach().float()
+            return v.norm(p=2, dim=1)
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # Per part: (m / ||V||) (x W^T + s x A^T B^T) + b = r (y + d) + (1 - r) b with y the base output (bias
+        # included), over every row at once: r = 1 and d = 0 on the rows of no part, which stay exactly y.
+        # The ratio r stays float32 (as PEFT's): in bf16 it would round away small changes of m.
+        ratio = {p: self.magnitude[p] / self.row_norm(p, w[a:b]) for p, (a, b) in self.parts.items()}
+        delta = {p: low_rank_output(x, *self.lora[p].factors(), self.scale).to(y.dtype) for p in self.parts}
+        r = self.rows_to_full(ratio, fill=1.0)
+        out = r * (y + self.rows_to_full(delta))
+        bias = self.base.bias
+        return (out if bias is None else out + (1 - r) * bias).to(y.dtype)
 
     def reset(self, generator: torch.Generator) -> None:
         """Fresh LoRA pair; ``m`` = row norms of the base weight as it is now (so ``W' == W`` at the start)."""

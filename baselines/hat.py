@@ -26,6 +26,10 @@ ResNet specifics (what the official code does not cover):
   no BN, and a BN shared across tasks would change every earlier task's activations, which the gradient masks
   cannot prevent.
 
+Compilation (``trainer.compile``): no graph break; the annealed ``s`` is a 0-dim buffer written in place each batch,
+so the compiled training forward is one graph for the whole task (a Python float was a guarded constant, recompiled
+once it changed; tests/test_baselines_resnet.py). Numerics are unchanged (the same fp32 product).
+
 State: task parameters are the current task's embeddings and BN; shared parameters are the conv weights; the
 cumulative masks are shared buffers (saved for resume). Gates at ``smax`` are not exactly binary for embeddings
 near zero, so earlier tasks' units may still move slightly: ``isolates_tasks`` is False.
@@ -124,14 +128,28 @@ class GatedBatchNorm(nn.Module):
         super().__init__()
         self.bn = bn
         self.smax = float(smax)
-        self.s = float(smax)
-        """Current gate temperature while training (set per batch by the method); evaluation uses ``smax``."""
         self.embedding = nn.Parameter(torch.zeros(bn.num_features, device=bn.weight.device))
         self.register_buffer("cumulative", torch.zeros(bn.num_features, device=bn.weight.device))
+        # The annealed temperature as a 0-dim tensor read by the forward: a new value is written in place each batch,
+        # so a compiled forward sees the same graph input every step (a Python float would be a guarded constant).
+        # Not part of the state (non-persistent): the method sets it every batch.
+        self.register_buffer("s_now", torch.full((), float(smax), device=bn.weight.device), persistent=False)
+        self.s = float(smax)
+
+    @property
+    def s(self) -> float:
+        """Current gate temperature while training (set per batch by the method); evaluation uses ``smax``."""
+        return self._s
+
+    @s.setter
+    def s(self, value: float) -> None:
+        self._s = float(value)  # host copy for the gradient compensation: reading the tensor back would sync
+        with torch.no_grad():
+            self.s_now.fill_(self._s)
 
     def gate(self, s: float | None = None) -> torch.Tensor:
         if s is None:
-            s = self.s if self.training else self.smax
+            s = self.s_now if self.training else self.smax
         return torch.sigmoid(s * self.embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

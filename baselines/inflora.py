@@ -32,6 +32,8 @@ Protocol (RECAST paper section 3: "InfLoRA used class increments of 90 and 10 ep
   saved for resume. DualGPM's "retain" form (storing the free complement once the occupied space passes d/2) is a
   memory optimisation giving the same projection, so it is not needed with a fixed-size buffer.
 * The singular-value energy criterion is applied, like the official code, to the covariance's singular values.
+* Compilation: the forward has no graph break. The covariance pass (``collect``) accumulates into Python-side state
+  and runs only in ``on_task_start`` / ``on_task_end``, which the engine runs uncompiled.
 * Per-task count: the trained ``B`` only (ViT-S, r=5: 12 * 2 * 384 * 5 = 46,080); ``A_t`` (r=5: 23,040) is
   designed, not trained, and stored with the task as a buffer.
 """
@@ -44,9 +46,17 @@ from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from baselines._vit import RowAdaptedLinear, check_low_rank, modules_of, vit_blocks, work_device, wrap_targets
+from baselines._vit import (
+    RowAdaptedLinear,
+    check_low_rank,
+    modules_of,
+    vit_blocks,
+    work_device,
+    wrap_targets,
+)
 from recast_bench.engine.method import Method, MethodConfig
 from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
@@ -62,7 +72,11 @@ SCHEDULES = ("official", "step")
 
 
 class InfLoRAQKV(RowAdaptedLinear):
-    """Fused qkv with ``B^K A`` on the K rows and ``B^V A`` on the V rows; collects input covariance on demand."""
+    """Fused qkv with ``B^K A`` on the K rows and ``B^V A`` on the V rows; collects input covariance on demand.
+
+    Forward unmerged: ``y[K] = x W_K^T + b_K + (x A^T) B^{K T}`` (and V alike). The official
+    ``Attention_LoRA.forward`` also adds the update beside ``qkv(x)``, as ``x (B A)^T``; ours takes the low-rank route.
+    """
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], rank: int) -> None:
         super().__init__(base, parts)
@@ -78,6 +92,10 @@ class InfLoRAQKV(RowAdaptedLinear):
 
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         return rows + (self.B[part] @ self.A).to(rows.dtype)
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xa = F.linear(x, self.A)  # A is shared by K and V: projected once
+        return y + self.rows_to_full({p: F.linear(xa, self.B[p]) for p in self.parts}).to(y.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.collect:

@@ -36,6 +36,7 @@ from baselines._vit import (
     check_low_rank,
     check_targets,
     kaiming_a_sqrt5_,
+    low_rank_output,
     modules_of,
     task_generator,
     vit_blocks,
@@ -109,7 +110,10 @@ class LoRAFactors(nn.Module):
 
 
 class LoRALinear(RowAdaptedLinear):
-    """``W'[rows(p)] = W[rows(p)] + scale * B_p A_p`` for each part ``p``; other rows untouched."""
+    """``W'[rows(p)] = W[rows(p)] + scale * B_p A_p`` for each part ``p``; other rows untouched.
+
+    Forward (unmerged, as LoRA-ViT and PEFT compute it): ``y[rows(p)] = x W[rows(p)]^T + b + scale * (x A_p^T) B_p^T``.
+    """
 
     def __init__(
         self, base: nn.Module, parts: dict[str, tuple[int, int]], factors: dict[str, LoRAFactors], scale: float,
@@ -126,6 +130,10 @@ class LoRALinear(RowAdaptedLinear):
 
     def adapt_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
         return rows + self.lora[part].delta(self.scale).to(rows.dtype)
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        delta = {p: low_rank_output(x, *self.lora[p].factors(), self.scale) for p in self.parts}
+        return y + self.rows_to_full(delta).to(y.dtype)
 
 
 @dataclass

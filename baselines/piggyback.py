@@ -6,7 +6,9 @@ straight-through estimator (the gradient w.r.t. the binary mask is passed to ``m
 official code (arunmallya/piggyback, ``src/modnets/layers.py`` and ``scripts/run_piggyback_training.sh``): mask init
 1e-2, threshold 5e-3, Adam with lr 1e-4 for masks and classifier. BatchNorm stays frozen in eval mode (the engine
 keeps every BN without trainable parameters in eval). The official binariser is an old-style autograd Function
-that current torch rejects; :class:`Binarize` is a static-method Function with the same semantics.
+that current torch rejects; :class:`Binarize` is a static-method Function with the same semantics, which
+``torch.compile`` traces as one op (no graph break). The threshold reaches it as a 0-dim buffer, so the authors' init,
+which re-draws it every task, does not recompile the backbone per task.
 
 Targets: every ResNet convolution (stem, block convs, 1x1 downsample projections unless ``skip_downsample``) or every
 ViT block linear (``qkv``, ``proj``, ``fc1``, ``fc2``, plus the patch embedding unless ``include_stem`` is false).
@@ -123,7 +125,7 @@ class Binarize(torch.autograd.Function):
     """``1[m > threshold]`` forward; straight-through backward (the gradient reaches ``m`` unchanged)."""
 
     @staticmethod
-    def forward(ctx: Any, mask: torch.Tensor, threshold: float) -> torch.Tensor:  # noqa: ANN401
+    def forward(ctx: Any, mask: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:  # noqa: ANN401
         return (mask > threshold).to(mask.dtype)
 
     @staticmethod
@@ -145,11 +147,25 @@ class PiggybackLayer(nn.Module):
             raise ValueError(f"piggyback wraps conv or linear layers, got {type(base).__name__}")
         self.base = base
         self.is_conv = is_conv_like(base)
+        # The threshold as a 0-dim tensor for the forward, written in place: the authors' init re-draws it every task,
+        # and as a Python float it would be a constant baked into a compiled graph (one recompile per task).
+        self.register_buffer("threshold_now", torch.zeros((), device=base.weight.device), persistent=False)
         self.threshold = float(threshold)
         self.mask_init = float(mask_init)
         self.init = init
         """official | recast_authors (resolved by the method, never auto here)."""
         self.mask = nn.Parameter(torch.full_like(base.weight.detach(), self.mask_init))
+
+    @property
+    def threshold(self) -> float:
+        """The mask threshold (host copy; the forward reads ``threshold_now``)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = float(value)
+        with torch.no_grad():
+            self.threshold_now.fill_(self._threshold)
 
     @property
     def generated(self) -> bool:
@@ -182,7 +198,7 @@ class PiggybackLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Read the base weight now: a RECAST layer generates it from the current coefficients on every call.
-        w = self.base.weight * Binarize.apply(self.mask, self.threshold)
+        w = self.base.weight * Binarize.apply(self.mask, self.threshold_now)
         return conv_forward(self.base, x, w) if self.is_conv else linear_forward(self.base, x, w)
 
     def extra_repr(self) -> str:

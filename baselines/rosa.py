@@ -39,18 +39,21 @@ Variants (``variant``), both from the RECAST paper (section 3, Table 2):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from baselines._vit import (
     QKV_PARTS,
     RowAdaptedLinear,
     check_low_rank,
     check_targets,
+    low_rank_output,
     modules_of,
     task_generator,
     vit_blocks,
@@ -64,8 +67,6 @@ from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
-
     from recast_bench.data.stream import Task
     from recast_bench.engine.model import TaskModel
 
@@ -106,6 +107,22 @@ class SparseDelta(nn.Module):
         flat = torch.zeros(self.shape[0] * self.shape[1], dtype=self.values.dtype, device=self.values.device)
         return flat.scatter(0, self.index, self.values).view(self.shape)
 
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """``x S^T`` (``[..., rows]``), its own path beside the base GEMM.
+
+        At most ``cols`` active entries (the sparse-MLP variant: 5 of 589,824): gathered, ``out[r] += v * x[c]``, so
+        the work and the saved activations are ``k`` per token, never a dense ``rows x cols`` product or weight
+        gradient. Denser supports (the full variant, 1.79 %) would gather more than the layer's whole input per
+        token: they use the dense masked ``S`` in a GEMM of their own (ours, flagged: the switch is where the
+        gathered activations would outgrow ``x``; the official spops kernels are CUDA-only sparse GEMMs).
+        """
+        rows, cols = self.shape
+        if self.values.numel() > cols:
+            return F.linear(x, self.dense().to(x.dtype))
+        picked = x.index_select(-1, self.index % cols) * self.values.to(x.dtype)
+        out_rows = torch.div(self.index, cols, rounding_mode="floor")
+        return x.new_zeros(*x.shape[:-1], rows).index_add(-1, out_rows, picked)
+
     def select(self, score: torch.Tensor) -> None:
         """Keep the top-k entries of ``score`` (sorted positions, so the state is canonical); values back to zero."""
         idx = torch.topk(score.flatten(), self.values.numel()).indices.sort().values
@@ -115,7 +132,10 @@ class SparseDelta(nn.Module):
 
 
 class RosaLinear(RowAdaptedLinear):
-    """``W'[rows(p)] = W[rows(p)] + s B_p A_p + S_p``; parts may have LoRA, a sparse delta, or both."""
+    """``W'[rows(p)] = W[rows(p)] + s B_p A_p + S_p``; parts may have LoRA, a sparse delta, or both.
+
+    Forward unmerged, each term its own path: ``y_p = x W_p^T + b_p + s (x A_p^T) B_p^T + x S_p^T``.
+    """
 
     def __init__(
         self,
@@ -146,6 +166,26 @@ class RosaLinear(RowAdaptedLinear):
             out = out + self.sparse[part].dense().to(rows.dtype)
         if self.probe is not None and part in self.probe:
             out = out + self.probe[part]
+        return out
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return y + self.rows_to_full({p: self.part_delta(p, x).to(y.dtype) for p in self.parts})
+
+    def part_delta(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        """``s (x A^T) B^T + x S^T`` of one part (each term its own path), plus the support probe's ``x P^T``."""
+        terms = []
+        if part in self.lora:
+            terms.append(low_rank_output(x, *self.lora[part].factors(), self.scale))
+        if part in self.sparse:
+            terms.append(self.sparse[part].output(x))
+        if self.probe is not None and part in self.probe:  # d loss / d probe = the adapted weight's gradient
+            terms.append(F.linear(x, self.probe[part].to(x.dtype)))
+        if not terms:  # a part with neither (not built by the method): no change
+            start, stop = self.parts[part]
+            return x.new_zeros(*x.shape[:-1], stop - start)
+        out = terms[0]
+        for t in terms[1:]:
+            out = out + t.to(out.dtype)
         return out
 
 
@@ -340,6 +380,7 @@ class Rosa(Method):
                 for k, g in zip(probes, torch.autograd.grad(loss, list(probes.values())), strict=True):
                     acc[k] += g.detach() ** 2
         finally:
+            batches.close()  # ends the loader's iterator now: its workers stop here, not at garbage collection
             for layer in layers.values():
                 layer.probe = None
             for p in trained:
@@ -349,11 +390,55 @@ class Rosa(Method):
         return {k: v / cfg.grad_batches for k, v in acc.items()}
 
 
-def _cycle(loader: DataLoader, task: Task):  # noqa: ANN202 (a generator of batches)
-    """Batches of ``loader`` without end (a new pass when one ends); refuses an empty loader with one clear line."""
+class _Passes(Sampler[list[int]]):
+    """The batches of ``batch_sampler``, pass after pass, without end (stops only if a pass is empty)."""
+
+    def __init__(self, batch_sampler: Sampler[list[int]]) -> None:
+        self.batch_sampler = batch_sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            empty = True
+            for batch in self.batch_sampler:
+                empty = False
+                yield batch
+            if empty:
+                return
+
+
+def endless(loader: DataLoader) -> DataLoader | None:
+    """``loader``'s dataset, batches and worker settings as one endless pass, or ``None`` if it has no batch sampler.
+
+    The engine hands ``on_task_start`` a non-persistent loader, and every new pass over such a loader starts its
+    worker processes again (re-importing the dataset, re-opening memory maps): the warm-up's 64 steps are several
+    passes on small tasks. One iterator over every pass starts the workers once. Each pass draws its order from the
+    loader's own generator and sampler, so the first pass is the same as the loader's.
+    """
+    if loader.batch_sampler is None or isinstance(loader.dataset, IterableDataset):
+        return None
+    workers = loader.num_workers
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=_Passes(loader.batch_sampler),
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+        pin_memory_device=loader.pin_memory_device,
+    )
+
+
+def _cycle(loader: DataLoader, task: Task) -> Iterator:
+    """Batches of ``loader`` without end, through one iterator (:func:`endless`); refuses an empty loader with one
+    clear line."""
+    passes = endless(loader)
     while True:
         seen = False
-        for batch in loader:
+        for batch in passes if passes is not None else loader:
             seen = True
             yield batch
         if not seen:

@@ -18,14 +18,24 @@ SEEDS ?= 42
 EXTRA ?=
 TINY ?=
 BENCH_ROOT ?= bench
-# make bench -j N: each run takes a free GPU slot (python -m recast_bench.slot): RUNS_PER_GPU concurrent runs per
-# visible GPU, CUDA_VISIBLE_DEVICES set per run; without a GPU the launcher just runs the command. RUNS_PER_GPU=0
-# turns slots off (e.g. EXTRA="trainer.devices=4 trainer.strategy=ddp": each run uses every GPU).
+# Each run takes a free GPU slot (python -m recast_bench.slot): RUNS_PER_GPU concurrent runs per visible GPU,
+# CUDA_VISIBLE_DEVICES set per run; without a GPU the launcher just runs the command. By default RUNS_PER_GPU is
+# chosen from measured memory (`python -m recast_bench.slot --choose`: the peak GPU memory of gpu-check.json's cases
+# for the backbone, the card's memory with a margin, two loader workers per run, /dev/shm; 2 where no gpu-check.json
+# exists, 1 without a GPU), and make starts BENCH_JOBS = GPUs x RUNS_PER_GPU runs at once unless you give -j.
+# RUNS_PER_GPU=0 turns slots off (e.g. EXTRA="trainer.devices=4 trainer.strategy=ddp": each run uses every GPU).
+BENCH_SLOTS = $(shell $(PYTHON) -m recast_bench.slot --choose --backbone $(BACKBONE) $(if $(RUNS_PER_GPU),--per-gpu $(RUNS_PER_GPU)))
+ifneq ($(filter bench reproduce,$(MAKECMDGOALS)),)
+BENCH_SLOTS := $(BENCH_SLOTS)
+RUNS_PER_GPU := $(or $(RUNS_PER_GPU),$(word 1,$(BENCH_SLOTS)),1)
+BENCH_JOBS ?= $(or $(word 2,$(BENCH_SLOTS)),1)
+endif
 RUNS_PER_GPU ?= 1
 # STREAM=PATH.yaml: a stream file of your own tasks (no spaces in the path: make splits on them); its runs go to
 # bench/<backbone>-<file name without .yaml>/, and `recast-bench cost` (built-in streams only) is skipped.
 BENCH_STREAM_FILE = $(filter %.yaml %.yml,$(STREAM))
 BENCH_COST ?= $(if $(BENCH_STREAM_FILE),0,1)
+BENCH_JOBS ?= 1
 PAPER_SEEDS := 42 1998 3142592
 BENCH_DIR = $(BENCH_ROOT)/$(BACKBONE)-$(if $(BENCH_STREAM_FILE),$(basename $(notdir $(STREAM))),$(STREAM))
 BENCH_TOP := $(firstword $(MAKEFILE_LIST))
@@ -56,8 +66,10 @@ bench: $(VENV)/.installed ## run every method of BACKBONE's paper table over STR
 	  case "$$registered" in *" $${m%%@*} "*) want="$$want $$m";; *) echo "bench: skipping $$m (not registered)";; esac; \
 	done; \
 	[ "$(BENCH_COST)" = 0 ] || $(BIN)/recast-bench cost --backbone $(BACKBONE) --stream $(STREAM) --seeds "$(SEEDS)" \
-	  --methods $$want -- $(BENCH_EXTRA) || echo "bench: no cost estimate (see above)"; \
-	$(MAKE) -k --no-print-directory -f $(BENCH_TOP) _bench-run BENCH_RUN_METHODS="$$want"; rc=$$?; \
+	  --runs-per-gpu $(RUNS_PER_GPU) --methods $$want -- $(BENCH_EXTRA) || echo "bench: no cost estimate (see above)"; \
+	$(PYTHON) -m recast_bench.slot --choose --explain --backbone $(BACKBONE) --per-gpu $(RUNS_PER_GPU) >/dev/null; \
+	$(MAKE) -k --no-print-directory -f $(BENCH_TOP) $(if $(filter -j%,$(MAKEFLAGS)),,-j$(BENCH_JOBS)) _bench-run \
+	  BENCH_RUN_METHODS="$$want" RUNS_PER_GPU=$(RUNS_PER_GPU); rc=$$?; \
 	[ $$rc -eq 0 ] || echo "bench: some runs failed (see above); reporting the completed ones"; \
 	$(MAKE) --no-print-directory -f $(BENCH_TOP) _bench-report BENCH_RUN_METHODS="$$want" && exit $$rc
 

@@ -96,6 +96,15 @@ class TrainerConfig:
     """``torch.set_float32_matmul_precision``: cpu profile ``highest``; gpu profile ``high`` (TF32)."""
     channels_last: bool | None = None
     """NHWC memory format for convolutional backbones (gpu profile: on for ResNets)."""
+    compile: bool | None = None
+    """``torch.compile`` the backbone's forward for training, validation and test evaluation (cpu profile: off; gpu
+    profile: on). Compiled and eager training agree to float rounding (tests/test_compile.py); not fingerprinted, so
+    a run may resume with it switched."""
+    compile_backend: str = "inductor"
+    """The torch.compile backend: ``inductor`` (fused generated kernels; needs triton on CUDA, a C++ compiler on the
+    CPU), ``aot_eager`` (Dynamo capture and AOTAutograd with eager kernels: a debugging aid), ``eager``."""
+    cudnn_benchmark: bool | None = None
+    """cuDNN autotuning of convolution algorithms. ``None``: on unless ``deterministic=true`` (engine/device.py)."""
     resolved_profile: str | None = None
     """Filled in by the run: the profile that ``profile`` resolved to (recorded in results.json)."""
     progress_bar: bool | None = None

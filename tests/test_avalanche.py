@@ -121,6 +121,27 @@ def test_der_logits_go_through_task_labels():
     assert (torch.stack(logits)[:, :2] == -1000).all()
 
 
+def test_mixed_task_batch_runs_the_backbone_once_even_with_a_lone_task_sample():
+    """A replay batch with one sample of a task trains a ResNet (avalanche's per-task split gave BatchNorm a batch
+    of 1 and stopped the run); the backbone runs once and each sample gets its own task's head."""
+    learner, _ = tiny_learner("er-ace", "resnet_tiny")
+    net = learner.strategy.model
+    learner.adapt(net, 2)
+    calls = []
+    hook = net.backbone.register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))
+    x, t = torch.randn(4, 3, 32, 32), torch.tensor([1, 0, 1, 1])
+    net.train()
+    out = net(x, t)  # task 0 has a single sample
+    assert calls == [4] and out.shape == (4, learner.total_classes)
+    net.eval()
+    with torch.no_grad():
+        out = net(x, t)
+        feats = net.backbone(x)
+    for i, task in enumerate(t.tolist()):
+        torch.testing.assert_close(out[i], net.classifier.forward_single_task(feats[i : i + 1], task)[0].float())
+    hook.remove()
+
+
 def buffer_of(learner):  # noqa: ANN001, ANN201
     from avalanche.training.plugins import GDumbPlugin
 

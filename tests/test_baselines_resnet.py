@@ -96,6 +96,29 @@ def test_piggyback_forward_and_straight_through_gradient(kind: str) -> None:
     assert (layer.mask.grad[binary == 0] != 0).any()
 
 
+def test_piggyback_threshold_change_is_a_graph_input_not_a_recompile() -> None:
+    """The authors' init re-draws the threshold every task: it is a 0-dim buffer, so a compiled layer keeps its graph
+    (as a Python float it was baked into the graph: one recompile per task)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    layer = PiggybackLayer(nn.Conv2d(2, 3, 3, bias=False), mask_init=1e-2, threshold=5e-3)
+    with torch.no_grad():
+        layer.mask.copy_(torch.linspace(-5e-3, 5e-3, layer.mask.numel()).view_as(layer.mask))
+    x = torch.randn(1, 2, 5, 5)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(layer, backend="eager")
+    try:
+        for t in (1.9e-3, -4e-3, 0.0):  # as reset_mask draws them
+            layer.threshold = t
+            want = F.conv2d(x, layer.base.weight * (layer.mask > t).float())
+            torch.testing.assert_close(compiled(x), want)
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
+
+
 def test_binarize_thresholds_strictly() -> None:
     m = torch.tensor([4.9e-3, 5e-3, 5.1e-3, -1.0, 1.0])
     assert Binarize.apply(m, 5e-3).tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
@@ -256,6 +279,30 @@ def test_hat_gate_equation_and_annealing() -> None:
     assert all(g.s == pytest.approx(1 / 400) for g in hat.gates(model).values())
     hat.on_train_batch_start(model, 5, 10, 0)
     assert next(iter(hat.gates(model).values())).s == pytest.approx((400 - 1 / 400) * 0.5 + 1 / 400)
+
+
+def test_hat_annealed_scale_is_a_graph_input_not_a_recompile() -> None:
+    """The per-batch ``s`` lives in a 0-dim buffer written in place, so a compiled gate keeps one training graph
+    while ``s`` anneals (as a Python float it was a guarded constant: one more graph once it changed)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    bn = nn.BatchNorm2d(4).eval()
+    gated = GatedBatchNorm(bn, smax=400.0).train()
+    bn.eval()
+    with torch.no_grad():
+        gated.embedding.copy_(torch.tensor([-1.0, 0.0, 0.3, 2.0]))
+    x = torch.randn(2, 4, 3, 3)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(gated, backend="eager")
+    try:
+        for s in (1 / 400, 2.5, 100.0, 400.0):  # as Hat.on_train_batch_start sets it
+            gated.s = s
+            torch.testing.assert_close(compiled(x), bn(x) * torch.sigmoid(s * gated.embedding).view(1, -1, 1, 1))
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
 
 
 def test_hat_topology_follows_the_residual_stream() -> None:

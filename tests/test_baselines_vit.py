@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import os
+import time
 
 import pytest
 import torch
@@ -334,6 +337,37 @@ def test_rosa_full_chooses_its_support_after_a_lora_warm_up_then_restarts() -> N
     # ... and afterwards the adapters restart: the same fresh LoRA with or without the warm-up, B = 0.
     for (a0, _), (a6, b6) in zip(loras[0], loras[6], strict=True):
         assert torch.equal(a0, a6) and not b6.any()
+
+
+def _note_worker_start(folder: str, worker_id: int) -> None:
+    """A worker_init_fn leaving one file per worker process started (runs in the worker)."""
+    open(os.path.join(folder, f"{os.getpid()}-{worker_id}-{time.monotonic_ns()}"), "w").close()
+
+
+def test_rosa_warm_up_starts_its_loader_workers_once_over_several_passes(tmp_path) -> None:
+    bb, _, _ = build_backbone("vit_tiny", allow_random_init=True)
+    base = TaskModel(bb, bb.num_features).eval()
+    task = _tiny_task(n=24)  # 3 batches of 8: the 7 warm-up steps and 1 gradient batch take 3 passes
+    cfg = {"variant": "custom", "lora_targets": ["q"], "sparse_targets": ["fc1"], "density": 0.01, "warmup_steps": 7}
+    supports = []
+    for workers in (1, 0):
+        starts = tmp_path / f"starts-{workers}"
+        starts.mkdir()
+        loader = DataLoader(
+            task.train, batch_size=8, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(5),
+            worker_init_fn=functools.partial(_note_worker_start, str(starts)),
+        )  # fmt: skip
+        model = copy.deepcopy(base)
+        method = build_method("rosa", {"rosa": cfg}, "vit")
+        method.ctx = RunContext(seed=0)
+        method.setup(model)
+        method.on_task_start(model, 0, task, loader)
+        assert len(list(starts.iterdir())) == workers  # one start for all passes (was one per pass: 3)
+        supports.append(
+            torch.cat([s.index for m in model.modules() if isinstance(m, RosaLinear) for s in m.sparse.values()])
+        )
+    # Same batches in the same order as in the main process: the endless pass keeps the loader's sampler and seed.
+    assert torch.equal(supports[0], supports[1])
 
 
 def test_rosa_trains_low_rank_and_sparse_parts_at_their_own_lr(vit_small) -> None:

@@ -38,6 +38,20 @@ def test_run_writes_correct_results(run_args, tmp_path):
     for t in res["tasks"]:
         head = load_tensors(out / "tasks" / t / "head.safetensors")
         assert set(head) == {"weight", "bias"}
+    # schema 2 (CONTRACTS.md): compile, measured timing per task, task switches, the checkout and avalanche's version
+    assert res["schema_version"] == 2 and res["compile"] is False and res["compile_backend"] is None
+    assert res["git_commit"] is None or len(res["git_commit"]) == 40
+    assert "avalanche" in res["versions"] and res["task_switch_ms"] > 0
+    assert len(res["timing"]) == 3
+    for timing in res["timing"]:
+        assert timing["timed_steps"] >= 1 and 0 < timing["timed_images"] <= timing["timed_steps"] * 16
+        assert timing["img_s_device"] >= timing["img_s"] > 0 and timing["task_fixed_s"] >= timing["eval_s"] > 0
+    # per-image predictions of the last evaluation, in test-set order: they give the last accuracy row
+    preds = load_tensors(out / "predictions.safetensors")
+    for j, name in enumerate(res["tasks"]):
+        pred, label = preds[f"pred/{name}"], preds[f"label/{name}"]
+        assert pred.dtype == torch.int16 and len(pred) == 6 * res["num_classes"][j]
+        assert 100.0 * float((pred == label).double().mean()) == pytest.approx(m[2][j])
 
 
 def test_finetune_shows_forgetting_and_saves_shared_state(run_args, tmp_path):
@@ -161,3 +175,67 @@ def test_same_seed_same_metrics(run_args, tmp_path):
     sa = load_tensors(a / "tasks" / "syn1" / "head.safetensors")
     sb = load_tensors(b / "tasks" / "syn1" / "head.safetensors")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_fingerprint_ignores_execution_only_settings():
+    # compile, its backend and cuDNN autotuning change results by float rounding only: a run started before they
+    # existed keeps its fingerprint (and resumes), and a run may resume with compilation switched off.
+    from recast_bench.engine.loop import fingerprint
+
+    old = {"method_name": "recast", "trainer": {"epochs": 100, "precision": "bf16-mixed", "deterministic": "warn"}}
+    new = {
+        **old,
+        "trainer": {**old["trainer"], "compile": True, "compile_backend": "inductor", "cudnn_benchmark": True},
+    }
+    assert fingerprint(new) == fingerprint(old)
+    assert fingerprint({**old, "trainer": {**old["trainer"], "precision": "32-true"}}) != fingerprint(old)
+
+
+def test_schema_1_results_gain_schema_2_keys_on_resume():
+    from recast_bench.engine.results import new_results, upgrade_results
+
+    res = new_results("linear", "vit_tiny", "synthetic", 0, ["a", "b"], {})
+    for key in ("compile", "compile_backend", "timing", "task_switch_ms"):
+        res.pop(key)
+    res["schema_version"] = 1
+    res["versions"] = {"torch": "2.14.1"}
+    upgrade_results(res)
+    assert res["schema_version"] == 2 and res["timing"] == [None, None] and res["compile"] is None
+    assert res["git_commit"] is None and "avalanche" in res["versions"] and res["task_switch_ms"] is None
+
+
+def test_git_commit_is_null_outside_a_checkout(tmp_path):
+    from recast_bench.engine.results import git_commit
+
+    assert git_commit(tmp_path) is None
+
+
+def test_logger_wandb_without_wandb_is_one_line_and_writes_nothing(run_args, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError, as on a machine without it
+    out = tmp_path / "nowandb"
+    assert main(run_args("linear", out=out, extra=["logger=wandb"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "logger=wandb needs the wandb package" in err[0] and "logger=csv" in err[0]
+    assert not out.exists()
+    assert main(run_args("linear", out=out, extra=["logger=csv", "trainer.epochs=1"])) == 0  # no wandb needed
+
+
+def test_predictions_of_ddp_shards_are_reassembled_in_test_set_order(monkeypatch):
+    # Rank r evaluates items r, r + world, ... (shard_for_rank); rank 0 writes all of them in test-set order.
+    from recast_bench.engine import evaluate as ev
+
+    full = torch.arange(11) * 10
+    shards = [full[r::3] for r in range(3)]
+
+    def all_gather(outs, t):  # noqa: ANN001, ANN202 (the ranks' tensors, as gloo or NCCL would fill them)
+        sizes = t.numel() == 1  # the first gather: each rank's count; the second: each rank's padded shard
+        for r, o in enumerate(outs):
+            o.copy_(
+                torch.tensor([len(shards[r])]) if sizes else torch.nn.functional.pad(shards[r], (0, 4 - len(shards[r])))
+            )
+
+    monkeypatch.setattr(ev, "_world", lambda: (0, 3))
+    monkeypatch.setattr(ev.dist, "all_gather", all_gather)
+    assert torch.equal(ev._gather_shards(shards[0]), full)

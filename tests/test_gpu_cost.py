@@ -1,15 +1,18 @@
-"""The cost model's arithmetic: stream sizes from the datasets' official counts, images x epochs / throughput."""
+"""The cost model: stream sizes from the datasets' official counts, the GPU-hours arithmetic, measured figures from a
+gpu-check report (derived from its runs' timing), the FLOP count and the card's bf16 peak."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from omegaconf import OmegaConf
 
 from recast_bench.cli import main
 from recast_bench.config import StreamConfig
-from recast_bench.cost import DEFAULT_EVAL_IMG_S, DEFAULT_TRAIN_IMG_S, TaskSize, estimate, run_hours, stream_sizes
+from recast_bench.cost import Figures, TaskSize, estimate, measured_figures, modelled, run_hours, stream_sizes
+from recast_bench.gpucheck.figures import TaskCounts, case_timing, cost_inputs
 
 
 def _stream(**kw):  # noqa: ANN003, ANN202
@@ -26,48 +29,85 @@ def test_six_stream_sizes_follow_the_official_splits():
     assert [(s.train, s.val, s.test) for s in capped] == [(512, 256, 256)]
 
 
+FIG = Figures(img_s=500.0, eval_img_s=1000.0, epoch_fixed_s=0.5, val_fixed_s=0.25, task_fixed_s=10.0,
+              run_start_s=20.0, gain={1: 1.0, 2: 1.6})  # fmt: skip
+
+
 def test_run_hours_arithmetic():
     sizes = [TaskSize("a", 1000, 100, 200), TaskSize("b", 3000, 300, 400)]
-    train, ev = {("peft", "vit"): 500.0}, {"vit": 1000.0}
-    hours, est = run_hours("recast", sizes, 10, "vit", train, ev)
-    # train 4000 x 10 / 500 = 80 s; eval (100 + 300) x 10 + 200 x 2 + 400 x 1 = 4800 / 1000 = 4.8 s
-    assert hours == pytest.approx((80 + 4.8) / 3600) and est is False
-    hours, est = run_hours("derpp", sizes, 10, "vit", train, ev)  # replay: twice the training passes
-    assert hours == pytest.approx((160 + 4.8) / 3600) and est is False  # no replay figure: peft's plain-step rate
-    hours, est = run_hours("linear", sizes, 10, "vit", {}, ev)  # features once: 2 flips of train + val + test
-    assert hours == pytest.approx((2 * 4000 + 400 + 600) / 1000 / 3600) and est is False
-    hours, est = run_hours("recast", sizes, 10, "resnet", {}, {})
-    expected = (40000 / DEFAULT_TRAIN_IMG_S["resnet"] + 4800 / DEFAULT_EVAL_IMG_S["resnet"]) / 3600
-    assert hours == pytest.approx(expected) and est is True
+    # train 4000 x 10 / 500 = 80 s; per epoch 2 x (0.5 + 0.25) + 400 / 1000 = 1.9 s, x 10 = 19 s;
+    # per task 2 x 10 + (200 x 2 + 400 x 1) / 1000 = 20.8 s; run start 20 s
+    assert run_hours("recast", sizes, 10, FIG) == pytest.approx((80 + 19 + 20.8 + 20) / 3600)
+    assert run_hours("derpp", sizes, 10, FIG) == pytest.approx((160 + 19 + 20.8 + 20) / 3600)  # replay: 2 passes
+    # two runs per GPU: the GPU does 1.6x the work of one run in the same time
+    assert run_hours("recast", sizes, 10, FIG, 2) == pytest.approx((80 + 19 + 20.8 + 20) / 1.6 / 3600)
+    # ... unless the loaders cannot feed it
+    assert run_hours("recast", sizes, 10, replace(FIG, loader_img_s=400.0), 2) == pytest.approx(
+        (40000 / 400 + (19 + 20.8 + 20) / 1.6) / 3600
+    )
+    # linear: features once (2 flips of train, val, test) plus its run's start
+    assert run_hours("linear", sizes, 10, FIG) == pytest.approx(((2 * 4000 + 400 + 600) / 1000 + 20) / 3600)
+    est = estimate(["recast", "linear"], sizes, 10, 3, "vit_small", FIG)
+    assert est.runs == 6 and est.rows[1]["hours"] == pytest.approx(run_hours("linear", sizes, 10, FIG) + 2 * 20 / 3600)
+    assert modelled("vit", compiled=True).img_s == pytest.approx(1.4 * modelled("vit", compiled=False).img_s)
 
 
-def test_measured_throughput_from_gpu_check_json(tmp_path):
-    check = {
-        "device": {"type": "cuda", "name": "H100"},
-        "cases": [
-            {"method": "recast", "backbone": "vit_small", "status": "pass", "train_img_s": 3000, "eval_img_s": 9000},
-            {"method": "melo", "backbone": "vit_small", "status": "pass", "train_img_s": 1000, "eval_img_s": 9000},
-            {"method": "dora", "backbone": "vit_small", "status": "fail", "train_img_s": 1, "eval_img_s": 1},
-        ],
-    }
-    (tmp_path / "gc.json").write_text(json.dumps(check))
-    sizes = [TaskSize("a", 1000, 0, 0)]
-    est = estimate(["recast", "melo"], sizes, 9, 3, "vit_small", tmp_path / "gc.json")
-    per_run = 9000 / 2000 / 3600  # the median of the passing cases (3000, 1000); the failed case is ignored
-    assert est["rows"][0]["hours_per_run"] == pytest.approx(per_run) and not est["rows"][0]["estimated"]
-    assert est["gpu_hours"] == pytest.approx(2 * 3 * per_run) and est["runs"] == 6
-    cpu = {**check, "device": {"type": "cpu"}}
-    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+def _timing(img_s: float, fixed: float, val: float, task: float, eval_s: float, images: int = 800) -> dict:
+    return {"warmup_steps": 10, "timed_steps": images // 64, "timed_images": images, "img_s": img_s,
+            "img_s_device": 2 * img_s, "epoch_fixed_s": fixed, "val_s": val, "task_fixed_s": task,
+            "eval_s": eval_s}  # fmt: skip
+
+
+def test_fixed_costs_from_one_and_three_epoch_runs(tmp_path):
+    counts = [TaskCounts(100, 50, 100), TaskCounts(5400, 600, 1000)]
+    # task 1 is the main one (most timed images): F1 = 5.0, mean F3 = 3.0 -> steady (3 x 3 - 5) / 2 = 2.0
+    one = {"timing": [_timing(1000, 9.0, 1.0, 3.0, 0.5, 64), _timing(1000, 5.0, 1.0, 4.0, 1.0)], "wall_s": 40.0}
+    three = {"timing": [_timing(1000, 9.0, 0.9, 3.0, 0.5, 64), _timing(1000, 3.0, 0.9, 4.0, 1.0, 2400)], "wall_s": 60.0}
+    rows = [
+        {"case": f"timing/vit_small/recast#{tag}", "group": "timing", "tag": tag, "backbone": "vit_small",
+         "bb_family": "vit", "status": "pass", "timing": case_timing(res, counts), "run_wall_s": res["wall_s"],
+         "process_s": res["wall_s"] + 9.0, "peak_gpu_mem_mb": 5000.0}
+        for tag, res in (("1ep", one), ("3ep", three))
+    ] + [
+        {"case": f"concurrency/vit_small/recast#{t}", "group": "concurrency", "tag": t, "backbone": "vit_small",
+         "bb_family": "vit", "status": "pass", "timing": case_timing(three, counts), "run_wall_s": 80.0}
+        for t in ("a", "b")
+    ]  # fmt: skip
+    fig = cost_inputs(rows, {r["case"]: counts for r in rows}, batch=64)["vit"]
+    assert fig["img_s"] == pytest.approx(1000) and fig["img_s_device"] == pytest.approx(2000)
+    # test images after each task: 100, then 1100; eval seconds 0.5 + 1.0
+    assert fig["eval_img_s"] == pytest.approx(1200 / 1.5)
+    # minus the 10 warm-up steps x 64 images, charged with the steady images: 2.0 - 640 / 1000
+    assert fig["epoch_fixed_s"] == pytest.approx(1.36)
+    # val: V1 1.0, mean V3 0.9 -> steady 0.85, minus 600 val images at 800 img/s
+    assert fig["val_fixed_s"] == pytest.approx(0.1)
+    # per task: mean(3 - 0.5, 4 - 1) = 2.75, plus the first epoch's extra: (5 - 2) + (1.0 - 0.85)
+    assert fig["task_fixed_s"] == pytest.approx(2.75 + 3.0 + 0.15)
+    assert fig["run_start_s"] == pytest.approx(9.0) and fig["peak_gpu_mem_mb"] == 5000.0
+    assert fig["gain"] == {"2": pytest.approx(2 * 60 / 80)}
+
+    report = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "compile": True, "cost_inputs": {"vit": fig}}
+    (tmp_path / "gc.json").write_text(json.dumps(report))
+    got, src = measured_figures(tmp_path / "gc.json")
+    assert got["vit"].img_s == pytest.approx(1000) and got["vit"].gain[2] == pytest.approx(1.5)
+    assert got["vit"].gain[3] == modelled("vit", True).gain[3]  # not measured: modelled
+    assert "img_s" in got["vit"].measured and "gain[2]" in got["vit"].measured and "resnet" not in got
+    assert got["vit"].source.startswith("measured on NVIDIA H100 80GB HBM3")
+    (tmp_path / "cpu.json").write_text(json.dumps({**report, "device": {"type": "cpu"}}))
     with pytest.raises(Exception, match="not on a GPU"):
-        estimate(["recast"], sizes, 1, 1, "vit_small", tmp_path / "cpu.json")
+        measured_figures(tmp_path / "cpu.json")
 
 
-def test_cost_cli_prints_one_line_and_a_table(capsys):
+def test_cost_cli_says_which_figures_are_modelled(tmp_path, capsys):
     args = ["cost", "--backbone", "vit_small", "--stream", "synthetic", "--methods", "recast", "linear"]
-    assert main([*args, "--seeds", "1 2", "trainer.epochs=2"]) == 0
+    assert main([*args, "--seeds", "1 2", "--runs-per-gpu", "2", "--basis", "trainer.epochs=2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("cost: 4 runs of vit_small on synthetic (4 tasks") and "GPU-hours" in out[0]
-    assert "ESTIMATE" in out[0] and out[2].split()[0] == "recast" and out[3].split()[0] == "linear"
+    assert out[0].startswith("cost: 4 runs of vit_small on synthetic (4 tasks") and "2 per GPU" in out[0]
+    assert "MODELLED figures: no GPU measured them" in out[0]
+    assert out[2].split()[0] == "recast" and out[3].split()[0] == "linear" and "(* modelled)" in out[4]
+    basis = "\n".join(out[5:])
+    for factor in ("torch.compile", "TF32 instead of bf16", "float CPU loader", "one run per GPU", "feature cache"):
+        assert factor in basis
 
 
 def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(tmp_path, capsys):
@@ -84,3 +124,20 @@ def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(tmp_path, capsy
     given = rows("trainer.epochs=3")  # an explicit value applies to every run, as in make bench
     assert given["recast"]["epochs"] == given["inflora"]["epochs"] == 3
     assert given["inflora"]["hours_per_run"] == pytest.approx(given["recast"]["hours_per_run"])
+
+
+def test_flops_count_macs_twice_and_the_peak_is_the_cards():
+    import timm
+    import torch
+
+    from recast_bench.perf.gpu import bf16_peak_tflops, flops_per_image, fraction_of_peak
+
+    with torch.device("meta"):  # the real architecture, no weights
+        vit = timm.create_model("vit_small_patch16_224", num_classes=0)
+    flops = flops_per_image(vit, 224)
+    assert flops["forward_gflop"] == pytest.approx(9.2, rel=0.01)  # timm: 4.6 GMACs
+    assert flops["train_gflop"] == pytest.approx(3 * flops["forward_gflop"], rel=0.01)
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == bf16_peak_tflops("NVIDIA H200") == 989.0
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0 and bf16_peak_tflops("Tesla V100-SXM2-16GB") is None
+    assert fraction_of_peak(10000, 27.5, "NVIDIA H200") == pytest.approx(10000 * 27.5e9 / 989e12)
+    assert fraction_of_peak(10000, 27.5, "Some GPU") == "unknown"

@@ -34,13 +34,13 @@ def test_evaluation_runs_on_the_training_device_after_fit(run_args, tmp_path, mo
     root = torch.device("cpu", 0)
     monkeypatch.setattr(SingleDeviceStrategy, "root_device", property(lambda self: root))
     seen = []
-    real = learner_mod.accuracy
+    real = learner_mod.predict
 
-    def spy(model, t, loader, n, device, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        seen.append(device)
-        return real(model, t, loader, n, device, *args, **kwargs)
+    def spy(model, t, loader, n, setup):  # noqa: ANN001, ANN202
+        seen.append(setup.device)
+        return real(model, t, loader, n, setup)
 
-    monkeypatch.setattr(learner_mod, "accuracy", spy)
+    monkeypatch.setattr(learner_mod, "predict", spy)
     assert main(run_args("linear", out=tmp_path / "dev")) == 0
     assert len(seen) == 6  # 1 + 2 + 3 evaluations over three tasks
     assert all(d == root for d in seen), seen
@@ -224,18 +224,126 @@ def test_lock_same_host_dead_pid_and_requeued_job_are_stale(tmp_path, monkeypatc
 
 
 def test_gpu_profile_end_to_end_on_the_cpu(run_args, tmp_path):
-    # Every setting of the GPU profile that a CPU can run: bf16 autocast (train, val and test), persistent loader
-    # workers, deterministic=warn, TF32 matmul precision, channels_last on a ResNet.
+    # The GPU profile on a method that trains the whole ResNet (shared BN statistics): bf16 autocast (train, val
+    # and test), persistent loader workers, deterministic=warn with cuDNN autotuning, TF32 matmul precision,
+    # channels_last. Compile is off here: tests/test_gpu_profile_rows.py compiles every bench row.
     out = tmp_path / "gpuprofile"
-    extra = ["trainer.profile=gpu", "trainer.num_workers=1", "trainer.epochs=1"]
+    extra = ["trainer.profile=gpu", "trainer.num_workers=1", "trainer.epochs=1", "trainer.compile=false"]
     try:
         assert main(run_args("finetune", backbone="resnet_tiny", out=out, extra=extra)) == 0
     finally:  # process-wide settings: leave them as the CPU profile has them
         torch.set_float32_matmul_precision("highest")
         torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
     r = _results(out)
     assert r["status"] == "complete" and r["precision"] == "bf16-mixed" and r["profile"]["name"] == "gpu"
     p = r["profile"]
     assert p["deterministic"] == "warn" and p["channels_last"] is True and p["persistent_workers"] is True
-    assert p["matmul_precision"] == "high" and p["num_workers"] == 1
+    assert p["matmul_precision"] == "high" and p["num_workers"] == 1 and p["cudnn_benchmark"] is True
+    assert r["compile"] is False and r["compile_backend"] is None and p["compile"] is False
     assert all(0.0 <= a <= 100.0 for row in r["acc_matrix"] for a in row if a is not None)
+
+
+def test_cudnn_benchmark_on_unless_determinism_is_demanded(monkeypatch):
+    # deterministic=warn (the GPU profile) keeps cuDNN autotuning on: ATen still picks among deterministic
+    # algorithms only (engine/device.py); deterministic=true turns it off and refuses it explicitly.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gpu = TrainerConfig()
+    dev.apply_profile(gpu, "resnet")
+    assert gpu.deterministic == "warn" and gpu.cudnn_benchmark is True and gpu.compile is True
+    hard = TrainerConfig(deterministic=True)
+    dev.apply_profile(hard, "resnet")
+    assert hard.cudnn_benchmark is False
+    off = TrainerConfig(deterministic=False)
+    dev.apply_profile(off, "vit")
+    assert off.cudnn_benchmark is True
+    with pytest.raises(UserError, match="cudnn_benchmark=true contradicts trainer.deterministic=true"):
+        dev.apply_profile(TrainerConfig(deterministic=True, cudnn_benchmark=True), "vit")
+    cpu = TrainerConfig(accelerator="cpu")
+    dev.apply_profile(cpu, "vit")
+    assert cpu.cudnn_benchmark is False and cpu.compile is False  # the CPU profile: deterministic, eager
+    learner_cfg = TrainerConfig(accelerator="cpu", deterministic="warn")
+    dev.apply_profile(learner_cfg, "vit")
+    try:  # the Trainer gets it explicitly (Lightning alone would turn it off under any truthy deterministic)
+        learner_mod.LightningLearner._trainer(type("L", (), {"tcfg": learner_cfg})(), [])
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+
+
+# ---- a GPU that nvidia-smi sees but torch cannot use ---------------------------------------------------------------
+def _fake_nvidia_smi(tmp_path, monkeypatch, body: str):  # noqa: ANN001, ANN202
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    exe = bin_dir / "nvidia-smi"
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    dev._SMI_GPUS.clear()
+
+
+def test_nvidia_smi_gpus_lists_names_and_is_empty_when_absent_or_failing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    dev._SMI_GPUS.clear()
+    assert dev.nvidia_smi_gpus() == []
+    _fake_nvidia_smi(tmp_path, monkeypatch, 'echo "NVIDIA H100 80GB HBM3"; echo "NVIDIA H100 80GB HBM3"')
+    assert dev.nvidia_smi_gpus() == ["NVIDIA H100 80GB HBM3"] * 2
+    (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\necho changed\n")
+    assert dev.nvidia_smi_gpus() == ["NVIDIA H100 80GB HBM3"] * 2, "cached: asked once per run"
+    _fake_nvidia_smi(tmp_path / "b", monkeypatch, "echo 'NVIDIA-SMI has failed'; exit 9")
+    assert dev.nvidia_smi_gpus() == []
+
+
+def test_gpu_seen_by_nvidia_smi_but_not_torch_is_one_line_error(run_args, tmp_path, capsys, monkeypatch):
+    # A driver too old for the CUDA 13 wheel: nvidia-smi lists the card, torch.cuda.is_available() is False.
+    # accelerator=auto must not quietly take the CPU profile; hiding the GPUs on purpose still runs on the CPU.
+    _fake_nvidia_smi(tmp_path, monkeypatch, 'echo "Tesla T4"')
+    out = tmp_path / "oldriver"
+    assert main(run_args("linear", out=out, extra=["trainer.accelerator=auto"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nvidia-smi lists 1 GPU(s) (Tesla T4) but torch cannot use CUDA" in err[0], err
+    assert "driver" in err[0] and "trainer.accelerator=cpu" in err[0]
+    assert not out.exists(), "nothing is written for a rejected run"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert dev.run_device(TrainerConfig(accelerator="auto")) == torch.device("cpu")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert dev.run_device(TrainerConfig(accelerator="cpu")) == torch.device("cpu")
+
+
+# ---- channels_last and the RECAST banks ----------------------------------------------------------------------------
+CHANNELS_LAST_RUN = [
+    "trainer.channels_last=true", "trainer.precision=bf16-mixed", "trainer.epochs=1", "method.recast.variant=svd",
+    "stream.num_tasks=2", "stream.classes_per_task=[3,2]",
+]  # fmt: skip
+
+
+def test_channels_last_recast_resnet_feeds_nhwc_inputs_and_generated_kernels(run_args, tmp_path, monkeypatch):
+    # Module.to(memory_format=channels_last) refused the 5-d conv template banks (every RECAST row on ResNet crashed
+    # at task 0 in the GPU profile). Every training conv must see an NHWC input and an NHWC kernel, the generated
+    # kernels included, so cuDNN gets them as they are instead of converting the weight on every call. recast+piggyback
+    # has all three kinds of kernel: plain (stem, block 0, downsample), generated, and generated times a 4-d mask.
+    # (Every ResNet row runs with channels_last, compiled, in tests/test_gpu_profile_rows.py.)
+    import torch.nn.functional as F
+
+    seen: list[tuple[bool, bool, bool]] = []
+    real = F.conv2d
+
+    def spy(x, w, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if torch.is_grad_enabled():
+            nhwc = torch.channels_last
+            seen.append(
+                (x.is_contiguous(memory_format=nhwc), w.is_contiguous(memory_format=nhwc), w.grad_fn is not None)
+            )
+        return real(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    out = tmp_path / "cl"
+    assert main(run_args("recast+piggyback", backbone="resnet_tiny", out=out, extra=CHANNELS_LAST_RUN)) == 0
+    assert _results(out)["status"] == "complete"
+    generated = [s for s in seen if s[2]]
+    assert generated, "the generated kernels were not used"
+    assert all(x_nhwc for x_nhwc, _, _ in seen), "a conv input is not channels_last"
+    assert all(w_nhwc for _, w_nhwc, _ in seen), "a conv kernel (plain or generated) is not channels_last"

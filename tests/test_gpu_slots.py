@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,31 @@ def test_slurm_launcher_requeues_on_timeout():
     own = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
     cfg = OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), {k: v for k, v in own.items() if k != "defaults"})
     assert cfg.max_num_timeout >= 1 and cfg.signal_delay_s >= 60  # submitit requeues; the run resumes from disk
+
+
+def test_runs_per_gpu_chosen_from_measured_memory_cpus_and_shm():
+    from recast_bench.slot import DEFAULT_RUNS_PER_GPU, MAX_RUNS_PER_GPU, choose
+
+    gib = 2**30
+    check = {"preflight": {"gpu_mem_gb": 80.0}, "cost_inputs": {"vit": {"peak_gpu_mem_mb": 6000.0}}}
+    assert choose(1, "vit_small", check, 16, 32 * gib)[0] == MAX_RUNS_PER_GPU  # 8.3 GB per run: memory allows 8
+    big = {**check, "cost_inputs": {"vit": {"peak_gpu_mem_mb": 30000.0}}}
+    k, why = choose(1, "vit_small", big, 16, 32 * gib)
+    assert k == 1 and "37.4 GB per run (measured peak)" in why  # 30000 MB x 1.25 + 800 MB; 0.9 x 80 GB holds one
+    assert choose(1, "resnet34", check, 16, 32 * gib)[0] == DEFAULT_RUNS_PER_GPU  # resnet not measured: modelled
+    assert choose(8, "vit_small", check, 32, 32 * gib)[0] == 1  # 4 CPUs per GPU: one run with 2 workers + itself
+    assert choose(1, "vit_small", check, 16, 64 * 2**20)[0] == 1  # docker's 64 MiB /dev/shm
+    assert choose(0, "vit_small", check, 16, None) == (1, "no GPU visible: one run at a time")
+
+
+def test_choose_prints_runs_per_gpu_and_jobs_for_make(tmp_path):
+    check = {"device": {"type": "cuda"}, "preflight": {"gpu_mem_gb": 80.0},
+             "cost_inputs": {"vit": {"peak_gpu_mem_mb": 6000.0}}}  # fmt: skip
+    (tmp_path / "gc.json").write_text(json.dumps(check))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
+    argv = [sys.executable, "-m", "recast_bench.slot", "--choose", "--check", str(tmp_path / "gc.json"), "--explain"]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+    k = int(out.stdout.split()[0])
+    assert out.stdout.split() == [str(k), str(2 * k)] and "runs per GPU" in out.stderr
+    out = subprocess.run([*argv, "--per-gpu", "0"], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["0", "1"]  # slots off: one DDP run at a time over every GPU

@@ -146,3 +146,33 @@ def test_generated_weight_stays_fp32_under_bf16_autocast():
     assert w.dtype == torch.float32  # a bf16 contraction would round the cancelling template terms
     torch.testing.assert_close(w.detach(), exact, atol=0, rtol=0)
     assert y.dtype == torch.bfloat16  # the layer's own matmul still runs under autocast
+
+
+def test_channels_last_bank_generates_nhwc_kernel_without_copy_and_same_values(tmp_path):
+    # The GPU profile's NHWC layout for generated kernels: same values and gradients as the NCHW bank, the kernel
+    # comes out channels_last, and the bank's state_dict still round-trips through safetensors.
+    from recast_bench.engine.checkpoint import load_tensors, save_tensors
+    from recast_bench.engine.device import to_channels_last
+
+    torch.manual_seed(0)
+    bank = TemplateBank(3, (6, 4, 3, 3))
+    layer = ReparamConv2d(bank, num_sets=2, padding=(1, 1))
+    ref_w = layer.weight.detach().clone()
+    x = torch.randn(2, 4, 7, 7)
+    layer(x).square().sum().backward()
+    ref_grad, layer.coefficients.grad = layer.coefficients.grad.clone(), None
+    host = nn.Module()
+    host.bank, host.layer = bank, layer
+    to_channels_last(host)  # what model.to(memory_format=torch.channels_last) could not do: a 5-d bank
+    to_channels_last(host)  # idempotent
+    assert bank.channels_last and bank.templates.shape == (3, 6, 4, 3, 3)
+    w = layer.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and w.shape == (6, 4, 3, 3)
+    assert w.data_ptr() != bank.templates.data_ptr()
+    torch.testing.assert_close(w.detach(), ref_w, rtol=1e-6, atol=1e-6)
+    layer(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+    torch.testing.assert_close(layer.coefficients.grad, ref_grad, rtol=1e-5, atol=1e-5)
+    lin = TemplateBank(2, (5, 4)).channels_last_()  # a linear bank is left alone
+    assert lin.templates.is_contiguous() and not lin.channels_last
+    save_tensors(tmp_path / "b.safetensors", dict(bank.state_dict()))
+    torch.testing.assert_close(load_tensors(tmp_path / "b.safetensors")["templates"], bank.templates.detach())

@@ -2,24 +2,41 @@
 
 Profiles (``trainer.profile``):
 
-* ``cpu``: fp32, full-precision matmuls, no loader workers, deterministic kernels (the project's CPU defaults).
+* ``cpu``: fp32, full-precision matmuls, no loader workers, deterministic kernels, eager (the project's CPU defaults).
 * ``gpu``: bf16 autocast, TF32 matmuls and convolutions, persistent pinned loader workers sized to the machine,
-  channels_last for ResNets, and ``deterministic=warn``.
+  channels_last for ResNets, ``deterministic=warn`` with cuDNN benchmarking, and ``torch.compile``.
 * ``auto`` (default): ``gpu`` when the run will train on a CUDA device, else ``cpu``.
 
 A value the user sets explicitly (``trainer.precision=32-true``) always wins over the profile: profile-controlled
 fields default to ``None`` in :class:`~recast_bench.config.TrainerConfig` and only ``None`` is filled in.
 
 Determinism trade-off of the GPU profile: ``warn`` asks torch for deterministic kernels wherever they exist and
-only warns where an op has none (instead of crashing a 100-epoch run on, e.g., a scatter-add backward); cuDNN
-benchmarking stays off. Runs are then reproducible up to those ops and up to bf16/TF32 rounding, which depends on
-the GPU model. ``trainer.deterministic=true`` restores hard determinism, ``false`` allows cuDNN autotuning.
+only warns where an op has none (instead of crashing a 100-epoch run on, e.g., a scatter-add backward).
+
+cuDNN benchmarking (``trainer.cudnn_benchmark``) is on unless ``trainer.deterministic=true``. Sources: torch's
+reproducibility notes (docs/source/notes/randomness.rst, "CUDA convolution benchmarking") say benchmarking may pick
+different algorithms on later runs, even on the same machine, and that ``benchmark=False`` is what makes the
+*selection* deterministic. Whether the selected algorithm is itself deterministic is a separate switch, which
+``warn`` sets (``torch.use_deterministic_algorithms(True, warn_only=True)``): ATen hands the conv
+``deterministicCuDNN() || deterministicAlgorithms()`` beside ``benchmarkCuDNN()``
+(aten/src/ATen/native/Convolution.cpp), and the cuDNN path drops non-deterministic engines before it times them
+(``filterEngineConfigs``, aten/src/ATen/native/cudnn/Conv_v8.cpp). Lightning warns that torch ignores
+``cudnn.deterministic`` under ``benchmark=True``; that code says otherwise, and Lightning would turn benchmarking off
+for any truthy ``deterministic``, so the engine passes ``benchmark`` to the Trainer itself. Under ``warn`` every
+kernel stays deterministic within a run; between runs, which deterministic conv algorithm was fastest may differ,
+a rounding-level difference of the kind ``warn`` already accepts. Runs are then reproducible up to those and to
+bf16/TF32 rounding, which depends on the GPU model. ``trainer.deterministic=true`` restores hard determinism
+(benchmarking off; ``cudnn_benchmark=true`` beside it is refused).
+
+``trainer.compile`` (gpu profile: on) compiles the backbone's forward with ``torch.compile`` (engine/compile.py).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import shutil
+import subprocess
 from typing import Any
 
 import torch
@@ -78,6 +95,7 @@ def profile_values(profile: str, family: str, gpus: int = 1) -> dict[str, Any]:
             "deterministic": True,
             "matmul_precision": "highest",
             "channels_last": False,
+            "compile": False,
         }
     workers = default_workers(gpus)
     return {
@@ -89,10 +107,11 @@ def profile_values(profile: str, family: str, gpus: int = 1) -> dict[str, Any]:
         "deterministic": "warn",
         "matmul_precision": "high",  # TF32 for fp32 matmuls (what autocast leaves in fp32)
         "channels_last": family == "resnet",
+        "compile": True,
     }
 
 
-PROFILE_FIELDS = tuple(profile_values("cpu", "vit"))
+PROFILE_FIELDS = (*profile_values("cpu", "vit"), "cudnn_benchmark")
 
 
 def apply_profile(tcfg: Any, family: str) -> str:
@@ -114,6 +133,13 @@ def apply_profile(tcfg: Any, family: str) -> str:
         tcfg.persistent_workers = False  # torch refuses persistent workers without workers
     if tcfg.matmul_precision not in ("highest", "high", "medium"):
         raise UserError(f"trainer.matmul_precision must be highest, high or medium, got {tcfg.matmul_precision!r}")
+    if getattr(tcfg, "cudnn_benchmark", None) is None:
+        tcfg.cudnn_benchmark = tcfg.deterministic is not True  # see the module docstring
+    elif tcfg.cudnn_benchmark and tcfg.deterministic is True:
+        raise UserError(
+            "trainer.cudnn_benchmark=true contradicts trainer.deterministic=true (benchmarking picks conv algorithms "
+            "by timing, so runs differ); use trainer.deterministic=warn or drop trainer.cudnn_benchmark"
+        )
     tcfg.resolved_profile = profile
     return profile
 
@@ -132,9 +158,31 @@ def parse_deterministic(value: Any) -> bool | str:
 
 
 def set_backend_flags(tcfg: Any) -> None:
-    """Process-wide math settings of the resolved config (TF32 for matmuls and cuDNN convolutions)."""
+    """Process-wide math settings of the resolved config (TF32 for matmuls and cuDNN convolutions, cuDNN autotuning)."""
     torch.set_float32_matmul_precision(str(tcfg.matmul_precision))
     torch.backends.cudnn.allow_tf32 = tcfg.matmul_precision != "highest"
+    torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark)  # the Trainer sets it again (its ``benchmark``)
+
+
+def to_channels_last(model: torch.nn.Module) -> None:
+    """NHWC for every 4-d parameter and buffer of ``model`` (conv kernels, Piggyback masks, CLR kernels), and NHWC
+    generated kernels for modules that generate them (a module's ``channels_last_()``: RECAST's conv banks).
+
+    ``model.to(memory_format=torch.channels_last)`` would refuse RECAST's 5-d template banks; tensors of other ranks
+    are left as they are. Idempotent: the learner calls it before every task, after the method added its modules.
+    """
+    nhwc = torch.channels_last
+    with torch.no_grad():
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                if p.dim() == 4 and not p.is_contiguous(memory_format=nhwc):
+                    p.data = p.data.contiguous(memory_format=nhwc)
+            for name, b in list(m.named_buffers(recurse=False)):
+                if b.dim() == 4 and not b.is_contiguous(memory_format=nhwc):
+                    setattr(m, name, b.contiguous(memory_format=nhwc))
+            own = getattr(m, "channels_last_", None)
+            if callable(own):
+                own()
 
 
 def local_rank() -> int:
@@ -176,17 +224,68 @@ def check_cuda(index: int) -> None:
         ) from None
 
 
+NVIDIA_SMI_TIMEOUT_S = 10.0
+_SMI_GPUS: dict[str, tuple[str, ...]] = {}
+
+
+def nvidia_smi_gpus() -> list[str]:
+    """The names of the GPUs ``nvidia-smi`` lists (all of them: it ignores ``CUDA_VISIBLE_DEVICES``); ``[]`` when it is
+    not on PATH, fails or hangs (10 s limit). Cached per executable path, so a run asks once."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    if exe not in _SMI_GPUS:
+        names: tuple[str, ...] = ()
+        try:
+            out = subprocess.run(
+                [exe, "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=NVIDIA_SMI_TIMEOUT_S,
+            )
+            if out.returncode == 0:
+                names = tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+        _SMI_GPUS[exe] = names
+    return list(_SMI_GPUS[exe])
+
+
+def cuda_hidden() -> bool:
+    """Whether ``CUDA_VISIBLE_DEVICES`` deliberately hides every GPU (empty or ``-1``)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return env is not None and [d.strip() for d in env.split(",") if d.strip()] in ([], ["-1"])
+
+
+def _cuda_init_error() -> str:
+    """Why torch cannot use CUDA, in torch's own first line (e.g. a driver too old for this wheel)."""
+    try:
+        torch.cuda.init()
+    except Exception as e:  # noqa: BLE001 (any failure is the reason we report)
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return "torch.cuda.is_available() is False"
+
+
 def run_device(tcfg: Any) -> torch.device:
     """The device this process trains and evaluates on, with its index; a requested but unusable GPU is an error.
 
-    ``auto`` without CUDA is the CPU; ``auto`` with a CUDA device that fails the test matmul is an error as well,
-    never a silent fallback to the CPU.
+    ``auto`` without CUDA is the CPU, unless nvidia-smi lists a GPU that torch cannot use (typically a driver too old
+    for the CUDA build of the torch wheel): that is an error too, never a silent fallback to the CPU profile, as is
+    ``auto`` with a CUDA device that fails the test matmul. GPUs hidden on purpose (``CUDA_VISIBLE_DEVICES=``) are not
+    an error.
     """
     configure_cublas()  # the test matmul is the process's first cuBLAS call
     accel = str(tcfg.accelerator).lower()
     if accel not in ("gpu", "cuda", "auto"):
         return torch.device("cpu")
     if not torch.cuda.is_available():
+        gpus = [] if cuda_hidden() else nvidia_smi_gpus()
+        if accel == "auto" and gpus:
+            raise UserError(
+                f"nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0]}) but torch cannot use CUDA: {_cuda_init_error()}; "
+                f"{_cuda_build()}. Install an NVIDIA driver that supports CUDA {torch.version.cuda or '?'}, "
+                "or run on the CPU with trainer.accelerator=cpu"
+            )
         if accel == "auto":
             return torch.device("cpu")
         raise UserError(
@@ -210,9 +309,13 @@ def autocast_dtype(precision: Any) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, precision: Any) -> torch.autocast:
-    """Autocast as Lightning applies it for ``precision`` (disabled for true-precision settings)."""
+    """Autocast as Lightning applies it for ``precision`` (disabled for true-precision settings).
+
+    ``cache_enabled=False`` as Lightning's: a compiled backbone is guarded on the autocast cache flag, so evaluation
+    under any other setting would compile another graph. The cache holds casts of leaf tensors that require grad
+    only, which evaluation (everything frozen) never has."""
     dtype = autocast_dtype(precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False)
 
 
 # ---- the record in results.json ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -18,13 +19,16 @@ from torch.utils.data import DataLoader
 from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
-from recast_bench.engine.device import apply_profile
-from recast_bench.engine.evaluate import accuracy, shard_for_rank
+from recast_bench.engine.compile import compile_backbone, eager
+from recast_bench.engine.device import apply_profile, to_channels_last
+from recast_bench.engine.evaluate import EvalSetup, predict, shard_for_rank
 from recast_bench.engine.features import eval_inputs, feature_cache_for, task_inputs
 from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.module import TaskModule, count
+from recast_bench.engine.timing import StepTimer, sync
 from recast_bench.errors import UserError
+from recast_bench.recast.layers import REPARAM_TYPES
 from recast_bench.seed import loader_generator, worker_init
 
 STATE_FILE = "state.safetensors"
@@ -40,6 +44,9 @@ class Learner(Protocol):
     def save_shared(self, path: Path) -> None: ...
     def load_shared(self, path: Path) -> None: ...
     def evaluate(self, t: int, task: Task) -> float: ...
+
+    last_predictions: tuple[torch.Tensor, torch.Tensor] | None
+    """After :meth:`evaluate`: ``(pred, label)``, CPU int64 in test-set order (``None``: the learner has none)."""
 
 
 def make_loader(
@@ -122,6 +129,14 @@ class LightningLearner:
         self._states: dict[int, dict[str, torch.Tensor]] = {}
         self._current: int | None = None
         self.features = feature_cache_for(method, model, tcfg)  # linear: backbone features computed once
+        self.switch_ms: list[float] = []
+        """Wall milliseconds of every task switch made to evaluate (results.json's ``task_switch_ms``)."""
+
+    @property
+    def compiles(self) -> bool:
+        """Whether training and evaluation run the backbone compiled (``trainer.compile``; not for a head trained on
+        cached features)."""
+        return bool(self.tcfg.compile) and self.features is None
 
     # ---- training -------------------------------------------------------------------------------------------
     def trainable(self, t: int) -> dict[str, torch.nn.Parameter]:
@@ -138,10 +153,13 @@ class LightningLearner:
         val_loader = make_loader(inputs.val, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
         # Data-driven hooks (RoSA, InfLoRA) feed the backbone themselves: they get model-ready float images.
         hook_loader = make_loader(task.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t, persistent=False)
-        self.method.on_task_start(m, t, task, hook_loader)
+        with eager(m.backbone):
+            self.method.on_task_start(m, t, task, hook_loader)
         m.add_head(t, task.num_classes)
         if self.tcfg.channels_last:  # after on_task_start and add_head: every conv weight, old and new, is NHWC
-            m.to(memory_format=torch.channels_last)
+            to_channels_last(m)
+        if self.compiles:  # a head on cached features has nothing worth compiling
+            compile_backbone(m.backbone, str(self.tcfg.compile_backend))
         trainable = self.trainable(t)
         metric, mode = self.method.selection()
         best: dict = {"value": None, "acc": None, "epoch": -1, "state": None}
@@ -158,24 +176,9 @@ class LightningLearner:
 
         module = TaskModule(inputs.model(m), self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
         module.input_transform = inputs.transform
-        callbacks = self.callbacks_factory(t, task) if self.callbacks_factory else []
-        trainer = L.Trainer(
-            max_epochs=self.tcfg.epochs,
-            accelerator=self.tcfg.accelerator,
-            devices=self.tcfg.devices,
-            num_nodes=self.tcfg.num_nodes,
-            strategy=self.tcfg.strategy,
-            precision=self.tcfg.precision,
-            deterministic=self.tcfg.deterministic,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=bool(self.tcfg.progress_bar),
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=self.tcfg.check_val_every_n_epoch,
-            gradient_clip_val=self.tcfg.grad_clip,
-            callbacks=callbacks,
-        )
+        timer = StepTimer()
+        callbacks = [timer, *(self.callbacks_factory(t, task) if self.callbacks_factory else [])]
+        trainer = self._trainer(callbacks)
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
         train_s = time.perf_counter() - start
@@ -189,16 +192,43 @@ class LightningLearner:
             if shared:
                 self.method.load_shared_state(m, shared)
         m.requires_grad_(False)
-        self.method.on_task_end(m, t, task, hook_loader)
+        with eager(m.backbone):
+            self.method.on_task_end(m, t, task, hook_loader)
         self._states[t] = self._task_state(t)
         self._current = t
         return {
             "val_acc": best["acc"],  # the selected epoch's val accuracy, whatever metric selected it
             "best_epoch": best["epoch"],
             "train_s": train_s,
+            "timing": timer.summary(),
+            "epochs_wall_s": timer.epochs_wall_s,
             "trainable_params": trainable_count(self.method, m),
             "head_params": count(dict(m.heads[head_key(t)].named_parameters())),
         }
+
+    def _trainer(self, callbacks: list) -> L.Trainer:
+        tc = self.tcfg
+        with warnings.catch_warnings():
+            # Lightning warns that torch ignores cudnn.deterministic under benchmark=True; torch does not (device.py).
+            warnings.filterwarnings("ignore", message=".*`deterministic=True` and `benchmark=True`")
+            return L.Trainer(
+                max_epochs=tc.epochs,
+                accelerator=tc.accelerator,
+                devices=tc.devices,
+                num_nodes=tc.num_nodes,
+                strategy=tc.strategy,
+                precision=tc.precision,
+                deterministic=tc.deterministic,
+                benchmark=tc.cudnn_benchmark,  # passed explicitly: Lightning would turn it off under ``warn``
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=bool(tc.progress_bar),
+                num_sanity_val_steps=0,
+                check_val_every_n_epoch=tc.check_val_every_n_epoch,
+                gradient_clip_val=tc.grad_clip,
+                callbacks=callbacks,
+            )
 
     # ---- state ----------------------------------------------------------------------------------------------
     def _task_state(self, t: int) -> dict[str, torch.Tensor]:
@@ -253,23 +283,38 @@ class LightningLearner:
             self.method.load_shared_state(self.model, load_tensors(path))
 
     # ---- evaluation -------------------------------------------------------------------------------------------
+    last_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
+    """``(pred, label)`` of the latest :meth:`evaluate`: CPU int64, test-set order (all ranks' shards under DDP)."""
+
+    def switch_to(self, t: int) -> float | None:
+        """Make task ``t``'s state current; returns the wall milliseconds it took (``None``: already current).
+
+        Timed from the first state copy to the last regenerated weight, with a device synchronisation at both ends:
+        RECAST's weights are generated here, not inside the next forward."""
+        if self._current == t:
+            return None
+        sync(self.device)
+        start = time.perf_counter()
+        self._load_task_state(t, self._states[t])
+        with torch.no_grad():
+            for m in self.model.modules():
+                if isinstance(m, REPARAM_TYPES):
+                    m.weight  # noqa: B018 (fills the generated-weight cache)
+        sync(self.device)
+        self._current = t
+        return (time.perf_counter() - start) * 1000.0
+
     def evaluate(self, t: int, task: Task) -> float:
-        if self._current != t:
-            self._load_task_state(t, self._states[t])
-            self._current = t
+        self.model.to(self.device)
+        ms = self.switch_to(t)
+        if ms is not None:
+            self.switch_ms.append(ms)
         # Under DDP each rank evaluates its own shard and the counts are summed on the device (no CPU collective).
         test, model, transform = eval_inputs(task, self.model, self.features)
         test, sharded = shard_for_rank(test)
         loader = make_loader(test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
-        self.model.to(self.device)
-        return accuracy(
-            model,
-            t,
-            loader,
-            task.num_classes,
-            self.device,
-            self.tcfg.precision,
-            bool(self.tcfg.channels_last),
-            sharded,
-            transform,
-        )
+        setup = EvalSetup(self.device, self.tcfg.precision, bool(self.tcfg.channels_last), sharded, transform)
+        with eager(self.model.backbone):  # engine/compile.py: only training runs compiled
+            out = predict(model, t, loader, task.num_classes, setup)
+        self.last_predictions = (out.pred, out.label)
+        return out.acc

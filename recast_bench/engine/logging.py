@@ -120,6 +120,21 @@ class EpochCSVLogger(Logger):
         """Every row is written when logged."""
 
 
+def require_logger_package(lcfg: LoggerConfig) -> None:
+    """``logger=wandb`` needs the wandb package; without it the run stops here with one line, before anything is
+    written. wandb is imported only here and by the W&B logger (and ``report --wandb``), never for other loggers."""
+    if lcfg.backend != "wandb":
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        from recast_bench.errors import UserError
+
+        raise UserError(
+            "logger=wandb needs the wandb package, which is not installed here (pip install wandb); or use logger=csv"
+        ) from None
+
+
 def make_logger(lcfg: LoggerConfig, out_dir: Path, name: str, config: dict) -> Logger | None:
     if lcfg.backend == "none":
         return None

@@ -23,6 +23,7 @@ from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import build_stream
 from recast_bench.engine.build import build_method
 from recast_bench.engine.checkpoint import RunLock, read_json, write_json
+from recast_bench.engine.compile import check_compile
 from recast_bench.engine.device import (
     apply_profile,
     configure_cublas,
@@ -35,10 +36,25 @@ from recast_bench.engine.device import (
 )
 from recast_bench.engine.faults import failpoint
 from recast_bench.engine.learner import LightningLearner
-from recast_bench.engine.logging import EpochMetrics, finish_logger, log_task_results, make_logger
+from recast_bench.engine.logging import (
+    EpochMetrics,
+    finish_logger,
+    log_task_results,
+    make_logger,
+    require_logger_package,
+)
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
-from recast_bench.engine.results import new_results, selection_record, summarise
+from recast_bench.engine.results import (
+    PREDICTIONS,
+    git_commit,
+    new_results,
+    package_version,
+    selection_record,
+    summarise,
+    upgrade_results,
+    write_predictions,
+)
 from recast_bench.errors import UserError
 from recast_bench.registry import load_all
 from recast_bench.seed import seed_everything
@@ -47,8 +63,12 @@ RESULTS = "results.json"
 SHARED = "shared.safetensors"
 # Keys that change how a run is displayed or where it runs, not what it computes.
 # The profile's name is not fingerprinted, the values it resolved to are (precision, determinism, TF32...).
+# Execution-only settings added later are not fingerprinted either, so runs from before them still resume: compile
+# and cuDNN autotuning change results only by float rounding (tests/test_compile.py bounds compile's), like the
+# kernel choices of another GPU; and a run must be able to resume eager where compilation is unavailable.
 _NOT_FINGERPRINTED = {
     "out", "logger", "progress_bar", "num_workers", "persistent_workers", "pin_memory", "profile", "resolved_profile",
+    "compile", "compile_backend", "cudnn_benchmark",
 }  # fmt: skip
 
 
@@ -111,6 +131,8 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
         raise UserError(f"trainer.epochs must be >= 1, got {tcfg.epochs}")
     apply_profile(tcfg, spec.family)
     device = run_device(tcfg)  # an unusable GPU stops here, before anything is written
+    check_compile(tcfg, device)
+    require_logger_package(cfg.logger)  # logger=wandb without wandb: one line, before anything is written
     set_backend_flags(tcfg)
     cfg.trainer = OmegaConf.structured(tcfg)  # the resolved profile is part of the recorded config
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -174,8 +196,9 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         cfg.method_name, spec.name, cfg.stream.name, seed, [t.name for t in tasks], plain,
         fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
         isolates_tasks=method.isolates_tasks, weights=weights_path, versions=_versions(),
-        selection=selection_record(*method.selection()),
+        selection=selection_record(*method.selection()), git_commit=git_commit(),
     )  # fmt: skip
+    upgrade_results(res)  # a run started before schema 2 gains its new keys (null for the tasks it already did)
     res.update(device_record(device, tcfg))  # where this (possibly resumed) session runs
     gpu = f" ({res['gpu_name']})" if res.get("gpu_name") else ""
     where = f"{device}{gpu}, profile {tcfg.resolved_profile}, precision {tcfg.precision}"
@@ -191,14 +214,12 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         learner = method.make_learner(model, tasks, tcfg, seed, fp)  # type: ignore[attr-defined]
     else:
         learner = LightningLearner(model, method, tcfg, seed, fp, callbacks_factory=callbacks, device=device)
+    compiled = bool(getattr(learner, "compiles", False))  # this session's setting, as it is actually used
+    res.update({"compile": compiled, "compile_backend": str(tcfg.compile_backend) if compiled else None})
 
     done = int(res["completed_tasks"])
-    if done:  # resume: the shared state as it was after the last completed task, then every task's own state
-        learner.load_shared(task_dir(out, tasks[done - 1].name) / SHARED)
-        for t in range(done):
-            learner.load_task(t, tasks[t], task_dir(out, tasks[t].name))
-        if echo:
-            print(f"resuming {out} after task {done} of {len(tasks)}", file=sys.stderr)
+    if done:
+        _resume(learner, tasks, out, done, echo)
 
     for t in range(done, len(tasks)):
         task = tasks[t]
@@ -213,19 +234,12 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
         else:
             sizes = {"bytes": None, "head_bytes": None}
         row = res["acc_matrix"][t]
-        for j in range(t + 1):
-            row[j] = learner.evaluate(j, tasks[j])
+        preds, eval_s = evaluate_seen(learner, tasks, t, row)
+        if rank0:  # before results.json: a completed task always has its predictions on disk
+            write_predictions(out / PREDICTIONS, preds, {"after_task": task.name, "fingerprint": fp})
         if "cb" in step:
             step["n"] = step["cb"].step
-        res["val_acc"][t] = stats.get("val_acc")
-        res["best_epoch"][t] = stats.get("best_epoch")
-        res["trainable_params_per_task"][t] = stats["trainable_params"]
-        res["head_params_per_task"][t] = stats["head_params"]
-        res["bytes_per_task"][t] = sizes["bytes"]
-        res["head_bytes_per_task"][t] = sizes["head_bytes"]
-        res["train_s_per_task"][t] = stats.get("train_s")
-        res["completed_tasks"] = t + 1
-        res["wall_s"] = float(res["wall_s"]) + time.perf_counter() - start
+        record_task(res, t, stats, sizes, learner, time.perf_counter() - start, eval_s)
         record_peak_memory(res, device)
         summarise(res)
         if rank0:
@@ -250,7 +264,56 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
     return res
 
 
-def _versions() -> dict[str, str]:
+def _resume(learner, tasks: list, out: Path, done: int, echo: bool) -> None:  # noqa: ANN001 (a Learner)
+    """The shared state as it was after the last completed task, then every completed task's own state."""
+    learner.load_shared(task_dir(out, tasks[done - 1].name) / SHARED)
+    for t in range(done):
+        learner.load_task(t, tasks[t], task_dir(out, tasks[t].name))
+    if echo:
+        print(f"resuming {out} after task {done} of {len(tasks)}", file=sys.stderr)
+
+
+def evaluate_seen(learner, tasks: list, t: int, row: list) -> tuple[dict, float]:  # noqa: ANN001 (a Learner)
+    """Test every task seen so far under its own state into ``row``; their predictions and the seconds it took."""
+    start = time.perf_counter()
+    preds = {}
+    for j in range(t + 1):
+        row[j] = learner.evaluate(j, tasks[j])
+        preds[tasks[j].name] = getattr(learner, "last_predictions", None)
+    return preds, time.perf_counter() - start
+
+
+def record_task(res: dict, t: int, stats: dict, sizes: dict, learner, wall_s: float, eval_s: float) -> None:  # noqa: ANN001
+    """Task ``t``'s per-task entries of results.json: the learner's fit statistics, the saved sizes, the measured
+    timing (``wall_s``: the task so far, from its fit to its test evaluation) and the task switches."""
+    res["timing"][t] = task_timing(stats, wall_s, eval_s)
+    res["task_switch_ms"] = _mean(getattr(learner, "switch_ms", None)) or res.get("task_switch_ms")
+    res["wall_s"] = float(res["wall_s"]) + wall_s
+    res["val_acc"][t] = stats.get("val_acc")
+    res["best_epoch"][t] = stats.get("best_epoch")
+    res["trainable_params_per_task"][t] = stats["trainable_params"]
+    res["head_params_per_task"][t] = stats["head_params"]
+    res["bytes_per_task"][t] = sizes["bytes"]
+    res["head_bytes_per_task"][t] = sizes["head_bytes"]
+    res["train_s_per_task"][t] = stats.get("train_s")
+    res["completed_tasks"] = t + 1
+
+
+def task_timing(stats: dict, task_wall_s: float, eval_s: float) -> dict | None:
+    """results.json's ``timing[t]`` (engine/timing.py), completed with the loop's task-level figures."""
+    timing = stats.get("timing")
+    if timing is None:
+        return None
+    epochs = stats.get("epochs_wall_s")
+    fixed = task_wall_s - epochs if epochs is not None else None
+    return {**timing, "task_fixed_s": fixed, "eval_s": eval_s}
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _versions() -> dict[str, str | None]:
     import lightning
     import timm
     import torchvision
@@ -263,4 +326,5 @@ def _versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
         "lightning": lightning.__version__,
+        "avalanche": package_version("avalanche-lib"),  # metadata only: importing avalanche is slow and optional
     }

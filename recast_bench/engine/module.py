@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from recast_bench.config import TrainerConfig
+from recast_bench.engine.compile import eager
 from recast_bench.engine.faults import failpoint
 from recast_bench.engine.method import Method
 from recast_bench.engine.model import TaskModel
@@ -156,7 +157,8 @@ class TaskModule(L.LightningModule):
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         x, y = batch
         self.model.active_task = self.task_index
-        logits = self(x)
+        with eager(self.model.backbone):  # engine/compile.py: only training runs compiled
+            logits = self(x)
         self.val_acc.update(logits, y)
         loss = self.method.validation_loss(self.model, F.cross_entropy(logits, y), logits, y)
         # One entry per sample (a view): the batch counts by its size. MeanMetric ignores ``weight`` when NaN checks

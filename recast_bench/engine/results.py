@@ -2,13 +2,25 @@
 
 Accuracies are percentages. Per-task lists are aligned with ``tasks``. ``acc_matrix[i][j]`` is the test accuracy
 on task j after training task i (``None`` where j > i).
+
+Schema 2 adds (a schema-1 file simply lacks them; a resumed schema-1 run gains them, null for its earlier tasks):
+``compile`` / ``compile_backend`` (the torch.compile setting actually used), ``timing`` (per task: measured
+steady-state images/s and fixed costs, engine/timing.py), ``task_switch_ms``, ``git_commit`` and
+``versions.avalanche``. Beside it, ``predictions.safetensors`` holds every seen task's latest per-image test
+predictions (:func:`write_predictions`).
 """
 
 from __future__ import annotations
 
+import subprocess
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+import torch
+
+SCHEMA_VERSION = 2
+PREDICTIONS = "predictions.safetensors"
 
 SELECTION = {
     "metric": "val/acc", "mode": "max", "ties": "latest", "epoch_index": "0-based, as logged in logs/metrics.csv",
@@ -66,9 +78,69 @@ def new_results(
         "gpu_name": None,
         "precision": None,
         "profile": None,
+        "compile": None,
+        "compile_backend": None,
+        "timing": [None] * n,
+        "task_switch_ms": None,
         "config": config,
         **extra,
     }
+
+
+SCHEMA_2_DEFAULTS = {"compile": None, "compile_backend": None, "task_switch_ms": None, "git_commit": None}
+
+
+def upgrade_results(res: dict) -> dict:
+    """Give a schema-1 results dict (a run resumed across the upgrade) schema 2's keys, null where unknown."""
+    for key, value in SCHEMA_2_DEFAULTS.items():
+        res.setdefault(key, value)
+    res.setdefault("timing", [None] * len(res["tasks"]))
+    versions = res.setdefault("versions", {})
+    if isinstance(versions, dict):
+        versions.setdefault("avalanche", package_version("avalanche-lib"))
+    res["schema_version"] = SCHEMA_VERSION
+    return res
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version from its metadata (nothing is imported); ``None`` when absent."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the recast-bench checkout when it is a git checkout (a worktree included), else ``None``."""
+    root = root or Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def write_predictions(path: Path, preds: dict[str, tuple[torch.Tensor, torch.Tensor] | None], meta: dict) -> None:
+    """``predictions.safetensors``: ``pred/<task>`` and ``label/<task>`` int16 per image (test-set order) for every
+    task in ``preds`` whose learner gave predictions; nothing is written when none did."""
+    from recast_bench.engine.checkpoint import save_tensors
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, pl in preds.items():
+        if pl is None:
+            continue
+        pred, label = pl
+        if pred.numel() and max(int(pred.max()), int(label.max())) > torch.iinfo(torch.int16).max:
+            raise ValueError(f"task {name!r} has more classes than int16 predictions hold")
+        tensors[f"pred/{name}"] = pred.to(torch.int16)
+        tensors[f"label/{name}"] = label.to(torch.int16)
+    if tensors:
+        save_tensors(path, tensors, {k: str(v) for k, v in meta.items()})
 
 
 def summarise(res: dict) -> dict:

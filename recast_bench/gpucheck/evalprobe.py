@@ -1,58 +1,44 @@
 """Records the device of every test evaluation of a run (the check's ``eval-device`` evidence).
 
-In-process: ``with probe() as devices: ...``. As a wrapper process: ``python -m recast_bench.gpucheck.evalprobe
-FILE run ...`` runs ``recast-bench run ...`` and writes the devices to ``FILE.<rank>`` (a DDP rank re-runs this
-same command, so each rank writes its own file).
+``with probe() as devices: ...`` patches the engine's ``predict`` (every test evaluation goes through it; ``accuracy``,
+which the Avalanche learner uses, calls it) wherever it is bound: in ``recast_bench.engine.evaluate`` itself (so
+``accuracy`` and a module imported later see the spy), in the Lightning learner, and in the Avalanche learner only
+if a run has already imported it. Nothing here imports avalanche: a Lightning case must
+run where avalanche-lib is not installed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
+BINDERS = ("recast_bench.engine.evaluate", "recast_bench.engine.learner", "baselines.avalanche_common")
+"""Modules that may hold a reference named ``predict`` to the engine's evaluation function."""
+
 
 @contextlib.contextmanager
 def probe() -> Iterator[list[str]]:
-    """Patch the engine's and the Avalanche learner's ``accuracy`` to record where each evaluation ran."""
-    import baselines.avalanche_common as ava
-    import recast_bench.engine.learner as lightning_learner
+    import recast_bench.engine.evaluate as evaluate
+    import recast_bench.engine.learner  # noqa: F401  (binds predict at import: patch it after)
 
+    real = evaluate.predict
     devices: list[str] = []
-    originals: list[tuple[Any, Any]] = []
 
-    def wrap(real: Any) -> Any:
-        def spy(model, t, loader, n, device, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-            params = next(iter(model.parameters()), None)
-            devices.append(str(params.device) if params is not None else str(device))
-            return real(model, t, loader, n, device, *args, **kwargs)
+    def spy(model, t, loader, n, setup, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        params = next(iter(model.parameters()), None)
+        devices.append(str(params.device) if params is not None else str(setup.device))
+        return real(model, t, loader, n, setup, *args, **kwargs)
 
-        return spy
+    def rebind(old: Any, new: Any) -> None:
+        for name in BINDERS:
+            mod = sys.modules.get(name)
+            if mod is not None and getattr(mod, "predict", None) is old:
+                mod.predict = new
 
-    for mod in (lightning_learner, ava):
-        originals.append((mod, mod.accuracy))
-        mod.accuracy = wrap(mod.accuracy)
+    rebind(real, spy)
     try:
         yield devices
     finally:
-        for mod, real in originals:
-            mod.accuracy = real
-
-
-def main() -> int:
-    from recast_bench.cli import main as cli_main
-
-    path, argv = sys.argv[1], sys.argv[2:]
-    with probe() as devices:
-        rc = cli_main(argv)
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
-    with open(f"{path}.{rank}", "w") as f:
-        json.dump(devices, f)
-    return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        rebind(spy, real)  # also in a module the run imported meanwhile (it bound the spy)

@@ -1,25 +1,26 @@
-"""Runs the GPU check: preflight, every case for one epoch, the throughput ceiling; prints a table, writes JSON."""
+"""Runs the GPU check: preflight, the throughput ceiling, every case under the time budget; prints a table and
+writes the JSON report (``recast-bench cost`` reads its ``cost_inputs``)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.util
-import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from recast_bench.errors import UserError
-from recast_bench.gpucheck.cases import AVALANCHE, Case, classify, plan
+from recast_bench.gpucheck import cases as C
+from recast_bench.gpucheck.cases import Case, classify, plan
+from recast_bench.gpucheck.figures import TaskCounts, case_timing, cost_inputs
+from recast_bench.gpucheck.schedule import Outcome, Scheduler, run_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets.py"
@@ -30,6 +31,8 @@ CPU_STREAM = [
     "method.recast.mimic_iters=10",
 ]  # fmt: skip
 """The CPU form: two small synthetic tasks and tiny replay memories (the plumbing of every case, quickly)."""
+CPU_CASE_LIMIT_S = 900.0
+"""Per isolated case on a CPU, where the GPU budget does not apply."""
 
 
 def _load_fixtures() -> Any | None:
@@ -47,27 +50,34 @@ def gpu_data(work: Path) -> list[str]:
     fx = _load_fixtures()
     if fx is None:
         return ["stream=synthetic", "++stream.num_tasks=2", "++stream.classes_per_task=[10,10]",
-                "++stream.train_per_class=600", "++stream.val_per_class=60", "++stream.test_per_class=100"]  # fmt: skip
+                f"++stream.train_per_class={C.CIFAR_TRAIN_PER_CLASS}", "++stream.val_per_class=60",
+                f"++stream.test_per_class={C.CIFAR_TEST_PER_CLASS}"]  # fmt: skip
     root = work / "data"
     if not (root / ".written").exists():
-        fx.write_flowers102(root, per_split=(10, 5, 10), classes=10, wh=(300, 250))
-        fx.write_cifar10(root, train_per_class=600, test_per_class=100, classes=10)
+        fx.write_flowers102(root, per_split=C.FLOWERS_PER_SPLIT, classes=10, wh=(300, 250))
+        fx.write_cifar10(root, train_per_class=C.CIFAR_TRAIN_PER_CLASS, test_per_class=C.CIFAR_TEST_PER_CLASS,
+                         classes=10)  # fmt: skip
         (root / ".written").touch()
     return ["stream=six", "stream.tasks=[flowers102,cifar10]", f"paths.data_dir={root}"]
 
 
-def run_overrides(case: Case, data: list[str], work: Path) -> list[str]:
+def run_overrides(
+    case: Case, data: list[str], work: Path, extra: tuple[str, ...] = (), compiled: bool = False
+) -> list[str]:
+    """The case's ``recast-bench run`` overrides; ``compiled``: the profile compiles, and a case that should not
+    (``case.compile == "off"``, see cases.py) turns it off."""
     parts = case.method_name.split("+")
     # a method.X.* override composes only when X is part of the run's method
     data = [o for o in data if not o.startswith("method.") or o.split(".")[1] in parts]
     return [
-        *data, f"paths.cache_dir={work / 'cache'}", "++backbone.allow_random_init=true", "trainer.epochs=1",
-        "logger=none", "trainer.progress_bar=false", *case.variant_overrides(), *case.overrides,
+        *data, f"paths.cache_dir={work / 'cache'}", "++backbone.allow_random_init=true",
+        f"trainer.epochs={case.epochs}", "logger=none", "trainer.progress_bar=false", *case.variant_overrides(),
+        *case.overrides, *(["trainer.compile=false"] if compiled and case.compile == "off" else []), *extra,
     ]  # fmt: skip
 
 
-def stream_counts(case: Case, overrides: list[str], memo: dict) -> tuple[int, int]:
-    """(training images per epoch, evaluation images of the run: val per epoch plus every re-test)."""
+def stream_counts(case: Case, overrides: list[str], memo: dict) -> list[TaskCounts]:
+    """Per task: training images per epoch, validation and test images (building the stream's cache once)."""
     from recast_bench.backbones import get_spec
     from recast_bench.config import compose_config
     from recast_bench.data.stream import build_stream
@@ -77,97 +87,65 @@ def stream_counts(case: Case, overrides: list[str], memo: dict) -> tuple[int, in
     if key not in memo:
         cfg = compose_config([f"backbone={case.backbone}", *(o for o in overrides if not o.startswith("method."))])
         tasks = build_stream(cfg.stream, image_size=spec.image_size, cache_dir=cfg.paths.cache_dir)
-        n = len(tasks)
-        memo[key] = (
-            sum(len(t.train) for t in tasks),
-            sum(len(t.val) for t in tasks) + sum(len(t.test) * (n - i) for i, t in enumerate(tasks)),
-        )
+        memo[key] = [TaskCounts(len(t.train), len(t.val), len(t.test)) for t in tasks]
     return memo[key]
 
 
-def _cli_args(case: Case, out: Path, overrides: list[str]) -> list[str]:
-    return ["run", "--method", case.method_name, "--backbone", case.backbone, "--out", str(out), *overrides]
+def run_dir(case: Case, work: Path) -> Path:
+    return work / "runs" / case.name.replace("/", "-").replace("@", "_").replace("#", "_")
 
 
-def run_inprocess(case: Case, out: Path, overrides: list[str]) -> tuple[int, str, list[str]]:
-    from recast_bench.cli import main as cli_main
-    from recast_bench.gpucheck.evalprobe import probe
-
-    err = io.StringIO()
-    try:
-        with probe() as devices, contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = cli_main(_cli_args(case, out, overrides))
-    except Exception:  # noqa: BLE001 (the check reports every failure as a case result)
-        return 1, err.getvalue() + traceback.format_exc(), devices
-    return rc, err.getvalue(), devices
-
-
-def run_subprocess(case: Case, out: Path, overrides: list[str], timeout: float) -> tuple[int, str, list[str]]:
-    probe_file = out.parent / f".{out.name}.evals"
-    cmd = [sys.executable, "-m", "recast_bench.gpucheck.evalprobe", str(probe_file), *_cli_args(case, out, overrides)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-        rc, err = proc.returncode, proc.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, err = 124, f"timed out after {timeout:.0f} s\n{(e.stderr or b'')[-2000:]!r}"
-    devices: list[str] = []
-    with contextlib.suppress(OSError, ValueError):
-        devices = json.loads(Path(f"{probe_file}.0").read_text())
-    return rc, err, devices
-
-
-def run_case(case: Case, work: Path, data: list[str], isolate: bool, timeout: float, memo: dict) -> dict:
-    out = work / "runs" / case.name.replace("/", "-").replace("@", "_")
-    overrides = run_overrides(case, data, work)
-    row: dict[str, Any] = {"case": case.name, "group": case.group, "backbone": case.backbone, "method": case.method}
-    start = time.perf_counter()
-    if case.group == "mimicry":
-        return row | run_mimicry(case, work) | {"wall_s": round(time.perf_counter() - start, 2)}
-    try:
-        train_imgs, eval_imgs = stream_counts(case, overrides, memo)
-    except Exception as e:  # noqa: BLE001
-        return row | {"status": "fail", "failure_class": classify(str(e)), "error": str(e).splitlines()[0]}
-    if isolate:
-        rc, err, devices = run_subprocess(case, out, overrides, timeout)
-    else:
-        rc, err, devices = run_inprocess(case, out, overrides)
-    row["wall_s"] = round(time.perf_counter() - start, 2)
-    row["exit_code"] = rc
+def case_row(case: Case, out: Outcome, work: Path, counts: list[TaskCounts] | None, lanes: int) -> dict[str, Any]:
+    """One line of the report: the case's outcome and what its results.json says."""
+    row: dict[str, Any] = {"case": case.name, "group": case.group, "backbone": case.backbone, "method": case.method,
+                           "tag": case.tag, "bb_family": case.bb_family}  # fmt: skip
+    if out.skipped:
+        return row | {"status": "skipped", "reason": out.skipped}
     res: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
-        res = json.loads((out / "results.json").read_text())
-    train_s = sum(s for s in res.get("train_s_per_task") or [] if s)
+        res = json.loads((run_dir(case, work) / "results.json").read_text())
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    wrong = sorted({d for d in devices if not d.startswith(expected)})
+    wrong = sorted({d for d in out.devices if not d.startswith(expected)})
+    timing = case_timing(res, counts) if counts else None
     row |= {
-        "status": "pass" if rc == 0 and res.get("status") == "complete" and not wrong else "fail",
+        "status": "pass" if out.rc == 0 and res.get("status") == "complete" and not wrong else "fail",
+        "exit_code": out.rc,
+        "wall_s": out.wall_s,
+        "process_s": out.process_s,
+        "limit_s": out.limit_s,
+        "run_wall_s": res.get("wall_s"),
         "tasks_done": res.get("completed_tasks", 0),
         "tasks": len(res.get("tasks") or []),
-        "train_s": round(train_s, 3),
-        "train_img_s": round(train_imgs * int(res.get("config", {}).get("trainer", {}).get("epochs", 1)) / train_s, 1)
-        if train_s
-        else None,
-        "eval_img_s": round(eval_imgs / (res["wall_s"] - train_s), 1)
-        if res.get("wall_s") and res["wall_s"] > train_s
-        else None,
+        "img_s": (timing or {}).get("img_s"),
+        "img_s_device": (timing or {}).get("img_s_device"),
+        "eval_img_s": (timing or {}).get("eval_img_s"),
+        "timing": timing,
+        "compile": res.get("compile"),
+        "shared_gpu_with": lanes - 1 if case.group in ("default", "eval-device", "determinism") else 0,
         "peak_gpu_mem_mb": res.get("peak_gpu_mem_mb"),
         "peak_rss_mb": res.get("peak_rss_mb"),
         "device": res.get("device"),
         "precision": res.get("precision"),
         "profile": (res.get("profile") or {}).get("name"),
-        "eval_devices": sorted(set(devices)),
+        "eval_devices": sorted(set(out.devices)),
     }
     if row["status"] == "fail":
-        text = err if rc != 0 else f"evaluated on {', '.join(wrong)}, not {expected}" if wrong else "run incomplete"
-        row["failure_class"] = classify(text)
+        text = out.log if out.rc != 0 else f"evaluated on {', '.join(wrong)}, not {expected}" if wrong else "incomplete"
+        row["failure_class"] = "timeout" if out.rc == 124 else classify(text)
         row["error"] = _last_error_line(text)
     return row
+
+
+def _why(row: dict[str, Any]) -> str:
+    if row["status"] == "fail":
+        return f" ({row.get('failure_class')}: {row.get('error', '')})"
+    return f" ({row['reason']})" if row.get("reason") else ""
 
 
 def _last_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for ln in reversed(lines):
-        if "error" in ln.lower() or "exception" in ln.lower():
+        if "error" in ln.lower() or "exception" in ln.lower() or "timed out" in ln:
             return ln[:400]
     return (lines[-1] if lines else "")[:400]
 
@@ -177,6 +155,7 @@ def run_mimicry(case: Case, work: Path) -> dict:
     from recast_bench.perf.mimic import mimic_one
 
     cuda = torch.cuda.is_available()
+    start = time.perf_counter()
     try:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -188,6 +167,7 @@ def run_mimicry(case: Case, work: Path) -> dict:
         return {"status": "fail", "failure_class": classify(text), "error": text.splitlines()[0][:400]}
     row = {
         "status": "pass",
+        "wall_s": round(time.perf_counter() - start, 2),
         "mimic_s": r.get("seconds"),
         "min_cosine": r.get("min_cosine"),
         "iters_run": r.get("iters_run"),
@@ -199,52 +179,62 @@ def run_mimicry(case: Case, work: Path) -> dict:
 
 
 def ceilings(tiny: bool) -> dict[str, Any]:
-    """Training throughput ceiling per backbone and precision mode (tiny backbones, few steps on the CPU)."""
+    """Training throughput ceiling per backbone and precision mode (tiny backbones, few steps on the CPU), with the
+    FLOPs per image and, on a listed card, the fraction of its bf16 peak."""
     from recast_bench.backbones import build_backbone
-    from recast_bench.perf.gpu import training_ceiling
+    from recast_bench.perf.gpu import flops_per_image, fraction_of_peak, training_ceiling
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    gpu = torch.cuda.get_device_name(0) if cuda else None
     names = (("vit_tiny", 8), ("resnet_tiny", 8)) if tiny else (("vit_small", 128), ("resnet34", 64))
     out: dict[str, Any] = {}
     for name, batch in names:
         try:
             backbone, spec, _ = build_backbone(name, None, "/nonexistent", allow_random_init=True)
+            flops = flops_per_image(backbone, spec.image_size)
             steps, warmup = (2, 1) if tiny else (20, 5)
-            out[name] = training_ceiling(
+            img_s = training_ceiling(
                 backbone, device, batch, spec.image_size, steps, warmup, channels_last_ok=spec.family == "resnet"
-            ) | {"batch": batch}
+            )
+            peak = {m: fraction_of_peak(v, flops["train_gflop"], gpu) if cuda else None for m, v in img_s.items()}
+            out[name] = img_s | {"batch": batch, **flops, "fraction_of_bf16_peak": peak}
         except Exception as e:  # noqa: BLE001
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     return out
 
 
 def fractions(rows: list[dict], ceiling: dict[str, Any]) -> dict[str, float]:
-    """End-to-end training images/s of recast, recast+adaptformer and clr as a fraction of the bf16 ceiling."""
+    """Steady end-to-end training images/s of recast, recast+adaptformer and clr as a fraction of the bf16 ceiling
+    (recast: its timing case, alone on the GPU; the others from their default-profile case)."""
     out = {}
     for r in rows:
-        if r["group"] != "default" or r["method"] not in ("recast", "recast+adaptformer", "clr"):
+        alone = r["group"] == "timing" and r.get("tag") == "3ep"
+        if not (alone or (r["group"] == "default" and r["method"] in ("recast+adaptformer", "clr"))):
             continue
         c = ceiling.get(r["backbone"], {})
         top = c.get("bf16_channels_last") or c.get("bf16")
-        if r.get("train_img_s") and top:
-            out[f"{r['backbone']}/{r['method']}"] = round(r["train_img_s"] / top, 3)
+        if r.get("img_s") and top:
+            out[f"{r['backbone']}/{r['method']}"] = round(r["img_s"] / top, 3)
     return out
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'case':<44}{'status':<7}{'class':<24}{'wall s':>8}{'tasks':>7}{'img/s':>9}{'peak MB':>9}"
+    head = f"{'case':<48}{'status':<8}{'class':<22}{'wall s':>8}{'tasks':>7}{'img/s':>9}{'peak MB':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
         tasks = f"{r.get('tasks_done', '-')}/{r.get('tasks', '-')}" if "tasks" in r else "-"
-        ips = f"{r['train_img_s']:.0f}" if r.get("train_img_s") else "-"
+        ips = f"{r['img_s']:.0f}" if r.get("img_s") else "-"
         mem = r.get("peak_gpu_mem_mb") or r.get("peak_rss_mb")
         print(
-            f"{r['case']:<44}{r['status']:<7}{r.get('failure_class', ''):<24}{r.get('wall_s', 0):>8.1f}{tasks:>7}"
+            f"{r['case']:<48}{r['status']:<8}{r.get('failure_class', ''):<22}{r.get('wall_s') or 0:>8.1f}{tasks:>7}"
             f"{ips:>9}{(f'{mem:.0f}' if mem else '-'):>9}"
         )
-        if r["status"] != "pass" and r.get("error"):
+        if r["status"] == "fail" and r.get("error"):
             print(f"    {r['error']}")
+        elif r["status"] in ("skipped", "n/a"):
+            print(f"    {r['reason']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,60 +244,185 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="run only cases whose name contains one of these strings")
     p.add_argument("--cpu-form", action="store_true", help="the tiny CPU form even where CUDA is present")
     p.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto",
-                   help="one process per case (auto: on CUDA, where a fault can poison the process)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per isolated case")
+                   help="cases in child processes (auto: on CUDA, where a fault can poison the process)")  # fmt: skip
+    p.add_argument("--lanes", type=int, help=f"processes sharing the GPU at once (default: {C.DEFAULT_LANES} on CUDA)")
+    p.add_argument("--deadline", type=float, default=C.DEADLINE_S, help="seconds for the whole check")
+    p.add_argument("--case-limit", type=float, help="seconds per case (default: 3x its modelled time on CUDA)")
+    p.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE", help="Hydra overrides for every case")
+    p.add_argument("--compile-all", action="store_true",
+                   help="compile every case where the profile compiles (default: the methods of tests/test_compile.py "
+                   "and the timing cases; all of them: 761 s modelled, give --deadline 900)")  # fmt: skip
     p.add_argument("--no-ceiling", action="store_true", help="skip the throughput ceiling")
     return p
 
 
+def _is_avalanche(method: str) -> bool:
+    from recast_bench.registry import METHODS, load_all
+
+    load_all()  # registers names only: avalanche itself is not imported
+    return any(getattr(METHODS.get(p), "runner", "lightning") == "avalanche" for p in method.split("+"))
+
+
+def _header(pre: dict[str, Any], cuda: bool) -> str:
+    return (
+        f"gpu-check: {'CUDA: ' + pre['gpu'] if cuda else 'no CUDA: the CPU form on tiny backbones'}; torch "
+        f"{pre['torch']} (CUDA {pre['torch_cuda']}, {' '.join(pre['arch_list']) or 'no archs'}); /dev/shm "
+        f"{pre.get('shm_gb')} GiB ({pre.get('shm_need_gb')} GiB needed); {pre['cpus']} CPUs"
+    )
+
+
+def _shm(pre: dict[str, Any], cuda: bool, lanes: int) -> dict[str, Any]:
+    """/dev/shm against the check's ``lanes`` concurrent runs: the GPU profile's workers (CPUs per run, at most 8)
+    and the larger of the default batch sizes, of 224 px models' 256 px photo squares."""
+    from recast_bench.config import TrainerConfig
+    from recast_bench.data.transforms import cache_side
+    from recast_bench.engine.device import MAX_WORKERS
+    from recast_bench.gpucheck.preflight import shm_check
+
+    workers = min(max(1, pre["cpus"] // lanes), MAX_WORKERS) if cuda else 0
+    t = TrainerConfig()
+    return shm_check(lanes, workers, max(t.batch_size, t.eval_batch_size), cache_side(224))
+
+
 def main(argv: list[str] | None = None) -> int:
     from recast_bench.gpucheck.preflight import preflight
+    from recast_bench.gpucheck.stack import AVALANCHE, problem
 
     args = build_parser().parse_args(argv)
+    t_start = time.time()
+    deadline = t_start + args.deadline
     try:
         pre = preflight()
+        cuda = pre["cuda_available"] and not args.cpu_form
+        lanes = args.lanes or (C.DEFAULT_LANES if cuda else 1)
+        pre |= _shm(pre, cuda, lanes)
     except UserError as e:
         print(f"gpu-check: error: {e}", file=sys.stderr)
         return 2
-    cuda = pre["cuda_available"] and not args.cpu_form
     tiny = not cuda
-    print(f"gpu-check: {'CUDA: ' + pre['gpu'] if cuda else 'no CUDA: the CPU form on tiny backbones'}; torch "
-          f"{pre['torch']} (CUDA {pre['torch_cuda']}, {' '.join(pre['arch_list']) or 'no archs'}); "
-          f"/dev/shm {pre['shm_gb']} GiB; {pre['cpus']} CPUs")  # fmt: skip
+    print(_header(pre, cuda))
+    if pre.get("shm_warning"):
+        print(f"gpu-check: warning: {pre['shm_warning']}")
+    isolate = args.isolate == "yes" or (args.isolate == "auto" and cuda)
+    gpus = pre["gpus"] if cuda else 0
+    compiled = bool(cuda and _profile_compiles())
+    cases = plan(gpus, tiny, compiled, args.compile_all)
+    if args.only:
+        cases = [c for c in cases if any(s in c.name for s in args.only)]
+    na = {c.name: C.not_applicable(c, gpus, not isolate) for c in cases}
+    runnable = [c for c in cases if not na[c.name]]
+    if any(_is_avalanche(c.method_name) for c in runnable) and (line := problem(AVALANCHE, "the Avalanche cases")):
+        print(f"gpu-check: warning: {line}; those cases will fail")
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
-        data = gpu_data(work) if cuda else CPU_STREAM
-        cases = plan(pre["gpus"] if cuda else 0, tiny)
-        if args.only:
-            cases = [c for c in cases if any(s in c.name for s in args.only)]
-        isolate = args.isolate == "yes" or (args.isolate == "auto" and cuda)
+        ceiling = {} if args.no_ceiling else ceilings(tiny)
+        if cuda:
+            torch.cuda.empty_cache()  # the cases' processes get the memory the ceiling's models held
+        rows, counts, budget = _run_cases(args, runnable, work, cuda, isolate, lanes, compiled, deadline)
+    order = {c.name: i for i, c in enumerate(cases)}
+    rows += [{"case": c.name, "group": c.group, "backbone": c.backbone, "method": c.method, "status": "n/a",
+              "reason": na[c.name]} for c in cases if na[c.name]]  # fmt: skip
+    rows.sort(key=lambda r: order[r["case"]])
+    report = _report(pre, cuda, rows, ceiling, budget, compiled, time.time() - t_start)
+    report["cost_inputs"] = cost_inputs(rows, counts, _batch())
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print_table(rows)
+    for name, c in ceiling.items():
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in c.items() if k in ("fp32", "tf32", "bf16", "bf16_channels_last"))
+        print(f"ceiling {name} (train img/s, batch {c.get('batch')}; {c.get('train_gflop', 0):.3g} GFLOP/img): "
+              f"{figures or c.get('error')}")  # fmt: skip
+    print(f"gpu-check: {report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped "
+          f"({report['not_applicable']} n/a here) in {report['wall_s']:.0f} s; wrote {args.out}")  # fmt: skip
+    if report["skipped"]:
+        print("gpu-check: skipped cases were not checked; run them with --only NAME ...")
+    return 0 if report["failed"] == 0 and report["skipped"] == 0 else 1
+
+
+def _profile_compiles() -> bool:
+    from recast_bench.cost import profile_compiles
+
+    return profile_compiles("vit")
+
+
+def _run_cases(
+    args: argparse.Namespace, cases: list[Case], work: Path, cuda: bool, isolate: bool, lanes: int, compiled: bool,
+    deadline: float,
+) -> tuple[list[dict], dict[str, list[TaskCounts]], dict]:  # fmt: skip
+    """Every case (jobs through the scheduler or in this process, then mimicry here): the rows, each run's task
+    sizes, and the modelled budget."""
+    data = gpu_data(work) if cuda else CPU_STREAM
+    counts: dict[str, list[TaskCounts]] = {}
+    memo: dict = {}
+    argv: dict[str, list[str]] = {}
+    for c in cases:
+        if c.group == "mimicry":
+            continue
+        overrides = run_overrides(c, data, work, tuple(args.set), compiled)
+        counts[c.name] = stream_counts(c, overrides, memo)
+        argv[c.name] = ["run", "--method", c.method_name, "--backbone", c.backbone, "--out", str(run_dir(c, work)),
+                        *overrides]  # fmt: skip
+    job_list = C.jobs(cases, _is_avalanche)
+    budget = C.budget(job_list, lanes) if cuda else {}
+    if budget:
+        print(f"gpu-check: modelled {budget['total_s']:.0f} s for {len(cases)} cases in {len(job_list)} jobs, "
+              f"{lanes} at once; deadline {args.deadline:.0f} s")  # fmt: skip
+
+    def limit(c: Case) -> float:
+        return args.case_limit or (C.limit_s(c) if cuda else CPU_CASE_LIMIT_S)
+
+    def expected(j: C.Job) -> float | None:
+        return C.job_expected_s(j) if cuda else None
+
+    runs = [j for j in job_list if not j.in_parent]
+    if isolate:
+        sched = Scheduler(work, lambda c: argv[c.name], limit, expected, deadline, lanes, cwd=ROOT)
+        outcomes = sched.run(runs)
+    else:
         if not cuda:
             os.environ.setdefault("OMP_NUM_THREADS", "1")
-        rows, memo = [], {}
-        for case in cases:
-            if case.method_name in AVALANCHE and case.group == "ddp":
-                continue  # avalanche refuses DDP by design (a one-line error, tested on the CPU)
-            row = run_case(case, work, data, isolate, args.timeout, memo)
-            rows.append(row)
-            print(f"  {row['case']}: {row['status']}"
-                  + (f" ({row.get('failure_class')}: {row.get('error', '')})" if row["status"] != "pass" else ""),
-                  flush=True)  # fmt: skip
-        ceiling = {} if args.no_ceiling else ceilings(tiny)
-    report = {
+        outcomes = run_in_process(runs, work, lambda c: argv[c.name], deadline)
+    rows = []
+    for c in cases:
+        if c.group == "mimicry":
+            continue
+        row = case_row(c, outcomes[c.name], work, counts.get(c.name), lanes if isolate else 1)
+        rows.append(row)
+        print(f"  {row['case']}: {row['status']}{_why(row)}", flush=True)
+    for j in job_list:
+        if not j.in_parent:
+            continue
+        for c in j.cases:
+            base = {"case": c.name, "group": c.group, "backbone": c.backbone, "method": c.method, "tag": c.tag,
+                    "bb_family": c.bb_family}  # fmt: skip
+            need = expected(j) or 0.0
+            if time.time() + need > deadline:
+                rows.append(base | {"status": "skipped", "reason": "not started: the check's deadline was reached"})
+            else:
+                rows.append(base | run_mimicry(c, work))
+    return rows, counts, budget
+
+
+def _batch() -> int:
+    from recast_bench.config import TrainerConfig
+
+    return int(TrainerConfig().batch_size)
+
+
+def _report(
+    pre: dict, cuda: bool, rows: list[dict], ceiling: dict, budget: dict, compiled: bool, wall: float
+) -> dict[str, Any]:
+    return {
         "device": {"type": "cuda" if cuda else "cpu", "name": pre.get("gpu"), "form": "gpu" if cuda else "cpu"},
         "preflight": pre,
+        "compile": compiled,
+        "budget_modelled_s": budget,
+        "wall_s": round(wall, 1),
         "cases": rows,
         "ceiling_img_s": ceiling,
         "fraction_of_bf16_ceiling": fractions(rows, ceiling),
         "passed": sum(r["status"] == "pass" for r in rows),
-        "failed": sum(r["status"] != "pass" for r in rows),
+        "failed": sum(r["status"] == "fail" for r in rows),
+        "skipped": sum(r["status"] == "skipped" for r in rows),
+        "not_applicable": sum(r["status"] == "n/a" for r in rows),
     }
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print_table(rows)
-    if ceiling:
-        for name, c in ceiling.items():
-            figures = ", ".join(f"{k} {v:.0f}" for k, v in c.items() if k != "batch" and isinstance(v, float))
-            print(f"ceiling {name} (train img/s, batch {c.get('batch')}): {figures or c.get('error')}")
-    print(f"gpu-check: {report['passed']} passed, {report['failed']} failed; wrote {args.out}")
-    return 0 if report["failed"] == 0 else 1

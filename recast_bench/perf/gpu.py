@@ -1,10 +1,20 @@
 """GPU figures, only when CUDA is present: Neural Mimicry of ViT-S/B/L beside the paper's Table 5, the
 training throughput of ``recast`` on ViT-S, and the training throughput ceiling of the plain backbones
 (:func:`training_ceiling`, also used by ``make gpu-check``). Without a GPU the section is an explicit ``unavailable``.
+
+**Fraction of the bf16 peak.** ``images/s x training FLOPs per image / the card's dense bf16 peak``. FLOPs per image
+are counted (:func:`flops_per_image`, ``torch.utils.flop_counter``: 2 FLOPs per multiply-accumulate, so timm's
+"GMACs" are half of them) over one image's forward, and its forward plus backward with every parameter training (the
+ceiling's step): ViT-S/16 at 224 px is 9.20 GFLOP forward and 27.5 training (about 3x forward: the backward does an
+input-gradient and a weight-gradient GEMM per forward GEMM), ResNet-34 7.33 and 21.7. The peak is the datasheet's
+dense (not 2:4-sparse) bf16 tensor-core figure of the card, by name (:data:`BF16_PEAK_TFLOPS`): H100 SXM and H200 989
+TFLOP/s; an unlisted card's fraction is ``unknown``.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 from typing import Any
 
@@ -16,6 +26,53 @@ from recast_bench.engine.device import autocast
 from recast_bench.perf.common import error_reason, unavailable
 from recast_bench.perf.mimic import PAPER_TABLE5, mimic_one
 from recast_bench.perf.models import engine_optimizer, engine_trainable, method_model, seeded_backbone, train_step
+
+BF16_PEAK_TFLOPS = (
+    (r"H100.*PCIe", 756.0),
+    (r"H100.*NVL", 835.0),
+    (r"H100", 989.0),
+    (r"H200.*NVL", 835.0),
+    (r"H200", 989.0),
+    (r"A100", 312.0),
+    (r"L40S", 362.0),
+    (r"\bL4\b", 121.0),
+    (r"B200", 2250.0),
+)
+"""Dense bf16 tensor-core peak by device name (NVIDIA datasheets, half their with-sparsity figures); first match."""
+
+
+def bf16_peak_tflops(name: str | None) -> float | None:
+    """The dense bf16 peak of the card called ``name`` (``torch.cuda.get_device_name``), ``None`` when not listed."""
+    for pattern, tflops in BF16_PEAK_TFLOPS:
+        if name and re.search(pattern, name):
+            return tflops
+    return None
+
+
+def flops_per_image(backbone: nn.Module, image_size: int) -> dict[str, float]:
+    """GFLOP per image of the forward and of the training step (forward + backward, every parameter trains), counted
+    over a batch of 2 (training BatchNorm needs more than one value per channel) on a copy on the meta device (no
+    memory, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(backbone).to("meta").train()
+    x = torch.randn(2, 3, image_size, image_size, device="meta")
+    with FlopCounterMode(display=False) as fwd:
+        model(x)
+    with FlopCounterMode(display=False) as train:
+        model(x).float().sum().backward()
+    return {"forward_gflop": fwd.get_total_flops() / 2e9, "train_gflop": train.get_total_flops() / 2e9}
+
+
+def fraction_of_peak(img_s: float | None, train_gflop: float | None, gpu: str | None) -> float | str | None:
+    """``img_s x train_gflop / peak``; ``"unknown"`` for a card missing from the table."""
+    peak = bf16_peak_tflops(gpu)
+    if peak is None:
+        return "unknown"
+    if not img_s or not train_gflop:
+        return None
+    return img_s * train_gflop / (peak * 1e3)
+
 
 CEILING_MODES = ("fp32", "tf32", "bf16", "bf16_channels_last")
 """fp32: full-precision matmuls; tf32: TF32 matmuls and convolutions; bf16: autocast (with TF32 for what stays fp32);
@@ -120,9 +177,11 @@ def gpu_figures(seed: int, cache_dir: str, weights_dir: str, batch: int = 64, st
         try:
             backbone, spec, _ = seeded_backbone(name, seed, weights_dir)
             dev = torch.device("cuda")
-            out[f"ceiling_{name}_img_s"] = training_ceiling(
-                backbone, dev, batch, spec.image_size, channels_last_ok=spec.family == "resnet"
-            )
+            flops = flops_per_image(backbone, spec.image_size)
+            img_s = training_ceiling(backbone, dev, batch, spec.image_size, channels_last_ok=spec.family == "resnet")
+            gpu = out["device"]
+            peak = {m: fraction_of_peak(v, flops["train_gflop"], gpu) for m, v in img_s.items()}
+            out[f"ceiling_{name}_img_s"] = img_s | {**flops, "fraction_of_bf16_peak": peak}
         except Exception as e:  # noqa: BLE001
             out[f"ceiling_{name}_img_s"] = unavailable(error_reason(e))
     return out

@@ -42,13 +42,38 @@ class TemplateBank(nn.Module):
             for i in range(self.num_templates):
                 nn.init.kaiming_normal_(self.templates[i])
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether conv templates are stored so that the generated kernel comes out NHWC (:meth:`channels_last_`)."""
+        t = self.templates
+        return t.dim() == 5 and t.permute(0, 1, 3, 4, 2).is_contiguous()  # 1x1 kernels: both layouts at once
+
+    def channels_last_(self) -> TemplateBank:
+        """Store conv templates (``n, O, I, kh, kw``) with ``I`` innermost, so that :meth:`generate` returns the kernel
+        in ``torch.channels_last`` without a copy; a no-op for linear banks.
+
+        ``Module.to(memory_format=torch.channels_last)`` refuses these 5-d tensors. An NCHW kernel beside NHWC inputs
+        would not fail either: cuDNN would convert it, in the forward and again in the backward, on every step. Stored
+        this way, the contraction writes the NHWC kernel directly and its gradient flows back without a copy.
+        """
+        t = self.templates
+        if t.dim() == 5:
+            t.data = t.data.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        return self
+
     def generate(self, coefficients: torch.Tensor) -> torch.Tensor:
         """``mean_k sum_i C[k, i] T[i]`` for coefficients of shape ``(K, n)``, in one contraction, always in fp32."""
         # The weight is a sum of large, partly cancelling template terms (templates are ~8x the weight's norm after
         # mimicry): under bf16 autocast the contraction itself would run in bf16 and lose ~3e-3 relative accuracy
         # (measured on ViT-S), so it runs in fp32 and the layer's matmul casts the result once.
         with torch.autocast(self.templates.device.type, enabled=False):
-            return torch.tensordot(coefficients.mean(0).float(), self.templates.float(), dims=1)
+            c = coefficients.mean(0).float()
+            t = self.templates.float()
+            if self.channels_last:  # the same contraction over the (n, O, kh, kw, I) storage, viewed back as NCHW
+                n, o, i, kh, kw = t.shape
+                w = (c @ t.permute(0, 1, 3, 4, 2).reshape(n, -1)).view(o, kh, kw, i)
+                return w.permute(0, 3, 1, 2)
+            return torch.tensordot(c, t, dims=1)
 
     def extra_repr(self) -> str:
         return f"templates={self.num_templates}, shape={self.weight_shape}"
@@ -91,8 +116,12 @@ class _Reparam(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The generated weight. Cached only when autograd is off (evaluation), and never stale."""
-        if not self.cache_weight or torch.is_grad_enabled():
+        """The generated weight. Cached only when autograd is off (evaluation), and never stale.
+
+        Under ``torch.compile`` it is always generated inside the graph: the cache key reads version counters and
+        ``data_ptr()``, which Dynamo cannot trace (a graph break per layer), and a compiled graph holds no state.
+        """
+        if not self.cache_weight or torch.is_grad_enabled() or torch.compiler.is_compiling():
             self._cache = None
             return self.bank.generate(self.coefficients)
         key = self._cache_key()
