@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recast_bench.backbones import build_backbone, get_spec, num_features
 from recast_bench.config import TrainerConfig
+from recast_bench.data.hashes import check_split_hashes, split_hashes
 from recast_bench.data.stream import build_stream
 from recast_bench.engine.build import build_method
 from recast_bench.engine.checkpoint import RunLock, read_json, write_json
@@ -162,6 +163,8 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     )
     if prev is not None and prev["tasks"] != [t.name for t in tasks]:
         raise UserError(f"{out} holds a run over tasks {prev['tasks']}, not this stream; use another --out")
+    if prev is not None:  # same task names, other files or labels: refused as a changed config is
+        check_split_hashes(prev.get("split_hashes"), split_hashes(tasks), out)
 
     if rank0:
         prepare_out_dir(out)
@@ -200,6 +203,7 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
     )  # fmt: skip
     upgrade_results(res)  # a run started before schema 2 gains its new keys (null for the tasks it already did)
     res.update(device_record(device, tcfg))  # where this (possibly resumed) session runs
+    res.setdefault("split_hashes", split_hashes(tasks))  # a run from before split hashes gets them on resume
     gpu = f" ({res['gpu_name']})" if res.get("gpu_name") else ""
     where = f"{device}{gpu}, profile {tcfg.resolved_profile}, precision {tcfg.precision}"
     logger = make_logger(cfg.logger, out, f"{cfg.method_name}-{spec.name}-s{seed}", plain) if rank0 else None
@@ -257,6 +261,12 @@ def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, back
             accs = " ".join(f"{a:.1f}" for a in row[: t + 1])
             print(f"[{cfg.method_name}] task {t + 1}/{len(tasks)} {task.name}: test acc {accs}", file=sys.stderr)
 
+    if rank0 and "task_agnostic" not in res:  # once per run, after the last task (T^2 test passes)
+        from recast_bench.deploy.agnostic import evaluate_learner  # deploy imports the engine: imported late
+
+        agnostic = evaluate_learner(learner, tasks)  # None for a learner without per-task states (Avalanche)
+        if agnostic is not None:
+            res["task_agnostic"] = agnostic
     res["status"] = "complete"
     if rank0:
         write_json(out / RESULTS, res)
