@@ -1,5 +1,6 @@
-"""The cost model: stream sizes from the datasets' official counts, the GPU-hours arithmetic, measured figures from a
-gpu-check report (derived from its runs' timing), the FLOP count and the card's bf16 peak."""
+"""The cost model: stream sizes from the datasets' official counts, each row's work from its counted FLOPs and its
+strategy's passes, the GPU-hours arithmetic, the modelled MFU's derivation from its sources, measured figures from a
+gpu-check report (derived from its runs' timing), and the card's bf16 peak."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from omegaconf import OmegaConf
 
 from recast_bench.cli import main
 from recast_bench.config import StreamConfig
-from recast_bench.cost import Figures, TaskSize, estimate, measured_figures, modelled, run_hours, stream_sizes
+from recast_bench.cost import Figures, bench_row, estimate, measured_figures, modelled, run_seconds, stream_sizes
+from recast_bench.errors import UserError
 from recast_bench.gpucheck.figures import TaskCounts, case_timing, cost_inputs
+from recast_bench.perf.flops import StepFlops, load_table
+from recast_bench.perf.work import EWC_OPS, HOST_US_PER_OP, Settings, TaskSize, Work, gdumb_memory, row_work
 
 
 def _stream(**kw):  # noqa: ANN003, ANN202
@@ -24,32 +28,90 @@ def test_six_stream_sizes_follow_the_official_splits():
     assert list(sizes) == ["flowers102", "aircraft", "mit67", "cifar100", "cifar10", "cub200"]
     assert (sizes["flowers102"].train, sizes["flowers102"].val, sizes["flowers102"].test) == (1020, 1020, 6149)
     assert (sizes["cifar10"].train, sizes["cifar10"].val, sizes["cifar10"].test) == (45000, 5000, 10000)
+    assert sizes["cub200"].classes == 200 and sizes["cifar10"].classes == 10
     assert sum(s.train for s in sizes.values()) == 104_573  # the figure of the GPU review
     capped = stream_sizes(_stream(name="six", tasks=["cifar10"], max_train_per_task=512, max_eval_per_task=256))
     assert [(s.train, s.val, s.test) for s in capped] == [(512, 256, 256)]
 
 
-FIG = Figures(img_s=500.0, eval_img_s=1000.0, epoch_fixed_s=0.5, val_fixed_s=0.25, task_fixed_s=10.0,
-              run_start_s=20.0, gain={1: 1.0, 2: 1.6})  # fmt: skip
+FIG = Figures(tflops={"compiled": 100.0, "eager": 50.0}, eval_tflops={"compiled": 200.0, "eager": 100.0},
+              epoch_fixed_s=0.5, val_fixed_s=0.25, task_fixed_s=10.0, run_start_s=20.0, gain={1: 1.0, 2: 1.6},
+              loader_img_s={"uint8": 1e9, "float": 1e9})  # fmt: skip
 
 
-def test_run_hours_arithmetic():
-    sizes = [TaskSize("a", 1000, 100, 200), TaskSize("b", 3000, 300, 400)]
-    # train 4000 x 10 / 500 = 80 s; per epoch 2 x (0.5 + 0.25) + 400 / 1000 = 1.9 s, x 10 = 19 s;
-    # per task 2 x 10 + (200 x 2 + 400 x 1) / 1000 = 20.8 s; run start 20 s
-    assert run_hours("recast", sizes, 10, FIG) == pytest.approx((80 + 19 + 20.8 + 20) / 3600)
-    assert run_hours("derpp", sizes, 10, FIG) == pytest.approx((160 + 19 + 20.8 + 20) / 3600)  # replay: 2 passes
-    # two runs per GPU: the GPU does 1.6x the work of one run in the same time
-    assert run_hours("recast", sizes, 10, FIG, 2) == pytest.approx((80 + 19 + 20.8 + 20) / 1.6 / 3600)
-    # ... unless the loaders cannot feed it
-    assert run_hours("recast", sizes, 10, replace(FIG, loader_img_s=400.0), 2) == pytest.approx(
-        (40000 / 400 + (19 + 20.8 + 20) / 1.6) / 3600
-    )
-    # linear: features once (2 flips of train, val, test) plus its run's start
-    assert run_hours("linear", sizes, 10, FIG) == pytest.approx(((2 * 4000 + 400 + 600) / 1000 + 20) / 3600)
-    est = estimate(["recast", "linear"], sizes, 10, 3, "vit_small", FIG)
-    assert est.runs == 6 and est.rows[1]["hours"] == pytest.approx(run_hours("linear", sizes, 10, FIG) + 2 * 20 / 3600)
-    assert modelled("vit", compiled=True).img_s == pytest.approx(1.4 * modelled("vit", compiled=False).img_s)
+def test_run_seconds_arithmetic():
+    w = Work(epochs=20, val_passes=20, tasks=2, host_s=3.0)
+    w.add("train", 1e6, 50.0, "compiled")  # 50 PFLOP at 100 TFLOP/s: 500 s
+    w.add("teacher", 1e6, 10.0, "eager", "float")  # 10 PFLOP at 50: 200 s
+    w.eval["compiled"] += 2e6  # 2 PFLOP at 200: 10 s
+    fixed = 20 * 0.5 + 20 * 0.25 + 2 * 10.0 + 20.0 + 3.0
+    assert run_seconds(w, FIG) == pytest.approx(710 + fixed)
+    # two runs per GPU: the GPU does 1.6x the work of one run in the same time, idle time filled too
+    assert run_seconds(w, FIG, 2) == pytest.approx((710 + fixed) / 1.6)
+    # ... unless the loaders cannot feed it: a million float images at 1,000/s, a million uint8 at 10,000/s
+    slow = replace(FIG, loader_img_s={"uint8": 1e4, "float": 1e3})
+    assert run_seconds(w, slow, 2) == pytest.approx(1100 + fixed / 1.6)
+    assert w.without(("teacher",)).train == {"compiled": 5e7, "eager": 0.0}
+
+
+ROW = StepFlops(forward=1.0, backward=2.0, forward_fixed=0.0, backward_fixed=64.0, eval=1.0, eval_fixed=0.0,
+                trainable=0, counted_on="meta")  # fmt: skip
+"""A counted step: 3 GFLOP per training image plus 64 per step (1 per image at batch 64), 1 per evaluated image."""
+SIZES = [TaskSize("a", 640, 100, 200, 10), TaskSize("b", 6400, 300, 400, 20)]
+
+
+def _work(method: str, epochs: int = 10, **settings) -> Work:  # noqa: ANN003
+    return row_work(method, SIZES, epochs, ROW, ROW, Settings(batch=64, **settings))
+
+
+def test_each_strategy_adds_what_its_source_does():
+    plain = 10 * (640 + 6400) * 4.0  # 4 GFLOP per training image at batch 64
+    ewc = _work("ewc")
+    assert ewc.parts["train"][3] == pytest.approx(plain) and ewc.train["compiled"] == 0  # avalanche runs eager
+    assert ewc.parts["ewc importance pass"][2:] == (7040, pytest.approx(7040 * 4.0))  # once per experience
+    assert ewc.host_s == pytest.approx(10 * 100 * 1 * EWC_OPS * HOST_US_PER_OP * 1e-6)  # task b: 100 steps x 1 earlier
+    assert ewc.val_passes == 2 and ewc.epochs == 20 and ewc.tasks == 2  # validated once per task
+    lwf = _work("lwf")  # from the 2nd experience: a second training pass and the teacher's forward
+    assert lwf.parts["lwf second pass and teacher"][2:] == (64000, pytest.approx(64000 * (4.0 + 1.0)))
+    er = _work("er-ace", batch_size_mem=32)  # a replay batch of 32 beside each batch of 64, from the 2nd experience
+    assert er.parts["er-ace replay batches"][2] == 32000 and er.loaded["float"] == pytest.approx(10 * 7040 + 32000)
+    der = _work("derpp")  # a replay batch of the stream's size, and the buffer logits after every experience
+    assert der.parts["derpp replay batches"][2] == 64000 and der.parts["derpp buffer logits"][2] == 7040
+    gdumb = _work("gdumb", mem_size=300)  # retrains on its memory: 300 // classes seen per class, at most its own
+    assert gdumb.parts["train"][2] == 10 * sum(gdumb_memory(SIZES, 300))
+    assert _work("l2p").loaded["float"] == 0 and _work("gdumb").loaded["uint8"] == (100 + 200) + (300 + 600)
+
+
+def test_gdumb_memory_is_class_balanced_over_the_classes_seen():
+    sizes = [TaskSize("a", 100, 0, 0, 10), TaskSize("b", 10000, 0, 0, 10)]
+    # task a: 40 per class, but a class has only 10; task b: 20 per class over 20 classes
+    assert gdumb_memory(sizes, 400) == [100, 10 * 10 + 10 * 20]
+
+
+def test_lightning_rows_and_their_hooks():
+    recast = _work("recast")
+    assert recast.train["compiled"] == pytest.approx(10 * 7040 * 4.0) and recast.val_passes == 20
+    assert recast.eval["compiled"] == pytest.approx(10 * 400 + 200 + 600)  # val every epoch, every seen task tested
+    inflora = _work("inflora", max_batches=None)  # covariances before and after each task, forward only, eager
+    assert inflora.parts["inflora covariance passes"][2:] == (2 * 7040, pytest.approx(2 * 7040 * 1.0))
+    assert _work("rosa@full", warmup_steps=64, grad_batches=1).parts["rosa warm-up"][2] == 2 * 65 * 64
+    linear = _work("linear")  # features once: both flips of train, val and test
+    assert linear.eval["eager"] == 2 * 7040 + 400 + 600 and linear.epochs == 0
+
+
+def test_modelled_mfu_follows_its_sources():
+    from recast_bench.perf import mfu
+
+    steps = mfu.resnet_eager(load_table()["references"])
+    assert steps["a100_resnet50"] == pytest.approx(0.192, abs=5e-4)  # 2,470 img/s x 24.3 GFLOP / 312 TFLOP/s
+    assert steps["h100_over_a100"] == pytest.approx(14.4 / 7.8)
+    assert steps["h100_resnet50"] == pytest.approx(0.112, abs=5e-4)
+    assert steps["resnet34_over_resnet50"] == pytest.approx(1.50, abs=0.005)
+    m = mfu.modelled_mfu(load_table()["references"])
+    assert m["resnet"]["eager"] == pytest.approx(0.168, abs=5e-4) and m["vit"] == {"compiled": 0.159, "eager": 0.066}
+    fig = modelled("vit", compiled=True)
+    assert fig.tflops["compiled"] == pytest.approx(0.159 * 989) and fig.mfu("eager") == pytest.approx(0.066)
+    assert modelled("vit", compiled=False).tflops["compiled"] == pytest.approx(0.066 * 989)
 
 
 def _timing(img_s: float, fixed: float, val: float, task: float, eval_s: float, images: int = 800) -> dict:
@@ -58,7 +120,7 @@ def _timing(img_s: float, fixed: float, val: float, task: float, eval_s: float, 
             "eval_s": eval_s}  # fmt: skip
 
 
-def test_fixed_costs_from_one_and_three_epoch_runs(tmp_path):
+def test_fixed_costs_and_achieved_flops_from_one_and_three_epoch_runs(tmp_path):
     counts = [TaskCounts(100, 50, 100), TaskCounts(5400, 600, 1000)]
     # task 1 is the main one (most timed images): F1 = 5.0, mean F3 = 3.0 -> steady (3 x 3 - 5) / 2 = 2.0
     one = {"timing": [_timing(1000, 9.0, 1.0, 3.0, 0.5, 64), _timing(1000, 5.0, 1.0, 4.0, 1.0)], "wall_s": 40.0}
@@ -74,44 +136,46 @@ def test_fixed_costs_from_one_and_three_epoch_runs(tmp_path):
         for t in ("a", "b")
     ]  # fmt: skip
     fig = cost_inputs(rows, {r["case"]: counts for r in rows}, batch=64)["vit"]
-    assert fig["img_s"] == pytest.approx(1000) and fig["img_s_device"] == pytest.approx(2000)
-    # test images after each task: 100, then 1100; eval seconds 0.5 + 1.0
-    assert fig["eval_img_s"] == pytest.approx(1200 / 1.5)
-    # minus the 10 warm-up steps x 64 images, charged with the steady images: 2.0 - 640 / 1000
-    assert fig["epoch_fixed_s"] == pytest.approx(1.36)
-    # val: V1 1.0, mean V3 0.9 -> steady 0.85, minus 600 val images at 800 img/s
-    assert fig["val_fixed_s"] == pytest.approx(0.1)
-    # per task: mean(3 - 0.5, 4 - 1) = 2.75, plus the first epoch's extra: (5 - 2) + (1.0 - 0.85)
-    assert fig["task_fixed_s"] == pytest.approx(2.75 + 3.0 + 0.15)
-    assert fig["run_start_s"] == pytest.approx(9.0) and fig["peak_gpu_mem_mb"] == 5000.0
-    assert fig["gain"] == {"2": pytest.approx(2 * 60 / 80)}
+    assert fig["img_s"] == pytest.approx(1000) and fig["eval_img_s"] == pytest.approx(1200 / 1.5)
+    assert fig["epoch_fixed_s"] == pytest.approx(1.36) and fig["val_fixed_s"] == pytest.approx(0.1)
+    assert fig["task_fixed_s"] == pytest.approx(2.75 + 3.0 + 0.15) and fig["gain"] == {"2": pytest.approx(1.5)}
 
     report = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "compile": True, "cost_inputs": {"vit": fig}}
     (tmp_path / "gc.json").write_text(json.dumps(report))
     got, src = measured_figures(tmp_path / "gc.json")
-    assert got["vit"].img_s == pytest.approx(1000) and got["vit"].gain[2] == pytest.approx(1.5)
-    assert got["vit"].gain[3] == modelled("vit", True).gain[3]  # not measured: modelled
-    assert "img_s" in got["vit"].measured and "gain[2]" in got["vit"].measured and "resnet" not in got
-    assert got["vit"].source.startswith("measured on NVIDIA H100 80GB HBM3")
+    v = got["vit"]
+    recast = StepFlops(**load_table()["backbones"]["vit_small"]["rows"]["recast"])
+    # achieved TFLOP/s: 1,000 RECAST images/s x its counted FLOPs at its card's batch of 128
+    assert v.tflops["compiled"] == pytest.approx(1000 * recast.train(128) / 1e3)
+    assert v.mfu() == pytest.approx(v.tflops["compiled"] / 989.0)  # an H100's dense bf16 peak
+    base = modelled("vit", True)  # eager steps keep the modelled eager/compiled ratio
+    assert v.tflops["eager"] / v.tflops["compiled"] == pytest.approx(base.tflops["eager"] / base.tflops["compiled"])
+    assert v.eval_tflops["compiled"] == pytest.approx(800 * recast.eval_image(256) / 1e3)
+    assert v.gain[2] == pytest.approx(1.5) and v.gain[3] == base.gain[3]  # not measured: modelled
+    assert {"tflops[compiled]", "gain[2]", "epoch_fixed_s"} <= set(v.measured) and "resnet" not in got
+    assert v.source.startswith("measured on NVIDIA H100 80GB HBM3") and src == str(tmp_path / "gc.json")
     (tmp_path / "cpu.json").write_text(json.dumps({**report, "device": {"type": "cpu"}}))
     with pytest.raises(Exception, match="not on a GPU"):
         measured_figures(tmp_path / "cpu.json")
 
 
-def test_cost_cli_says_which_figures_are_modelled(tmp_path, capsys):
-    args = ["cost", "--backbone", "vit_small", "--stream", "synthetic", "--methods", "recast", "linear"]
+def test_cost_cli_says_which_figures_are_modelled(capsys):
+    args = ["cost", "--backbone", "resnet34", "--stream", "synthetic", "--methods", "recast", "ewc", "linear"]
     assert main([*args, "--seeds", "1 2", "--runs-per-gpu", "2", "--basis", "trainer.epochs=2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("cost: 4 runs of vit_small on synthetic (4 tasks") and "2 per GPU" in out[0]
+    assert out[0].startswith("cost: 6 runs of resnet34 on synthetic (4 tasks") and "2 per GPU" in out[0]
     assert "MODELLED figures: no GPU measured them" in out[0]
-    assert out[2].split()[0] == "recast" and out[3].split()[0] == "linear" and "(* modelled)" in out[4]
-    basis = "\n".join(out[5:])
-    for factor in ("torch.compile", "TF32 instead of bf16", "float CPU loader", "one run per GPU", "feature cache"):
+    assert [line.split()[0] for line in out[2:5]] == ["recast", "ewc", "linear"]
+    assert out[2].split()[3] == f"{StepFlops(**load_table()['backbones']['resnet34']['rows']['recast']).train(64):.2f}"
+    assert "(16.8 %)" in out[5] and "(* modelled" in out[6]
+    basis = "\n".join(out[7:])
+    for factor in ("ResNet-50's MFU", "compile gain 1.0", "torch.compile", "TF32 instead of bf16", "float CPU loader",
+                   "one run per GPU", "no fixed costs", "EWC's penalty", "extra passes", "feature cache"):  # fmt: skip
         assert factor in basis
 
 
-def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(tmp_path, capsys):
-    args = ["cost", "--backbone", "vit_small", "--stream", "six", "--methods", "recast", "inflora"]
+def test_each_row_costs_its_cards_epochs_and_flops(tmp_path, capsys):
+    args = ["cost", "--backbone", "vit_small", "--stream", "six", "--methods", "recast", "inflora", "adaptformer"]
 
     def rows(*extra: str) -> dict:
         assert main([*args, "--json", str(tmp_path / "cost.json"), *extra]) == 0
@@ -121,9 +185,22 @@ def test_each_row_costs_its_cards_epochs_unless_epochs_are_given(tmp_path, capsy
     by_card = rows()
     assert by_card["recast"]["epochs"] == 100 and by_card["inflora"]["epochs"] == 10  # the paper's 10 for InfLoRA
     assert by_card["inflora"]["hours_per_run"] < by_card["recast"]["hours_per_run"] / 5
+    # a frozen backbone behind adapters costs less per image than RECAST's generated-weight gradients
+    assert by_card["adaptformer"]["hours_per_run"] < by_card["recast"]["hours_per_run"]
     given = rows("trainer.epochs=3")  # an explicit value applies to every run, as in make bench
     assert given["recast"]["epochs"] == given["inflora"]["epochs"] == 3
-    assert given["inflora"]["hours_per_run"] == pytest.approx(given["recast"]["hours_per_run"])
+
+
+def test_a_row_the_table_lacks_is_counted_on_the_fly(capsys):
+    row = bench_row("finetune", "vit_tiny", 100)  # neither the row nor the backbone is in the packaged table
+    assert row.flops.train(64) == pytest.approx(row.full.train(64)) and row.flops.counted_on == "meta"
+    assert "counting the FLOPs of finetune on vit_tiny now" in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown method"):
+        bench_row("nosuchmethod", "vit_tiny", 100)
+    rows = [bench_row("gdumb", "resnet34", 100), bench_row("er-ace", "resnet34", 100)]
+    est = estimate(rows, stream_sizes(_stream(name="six")), 1, "resnet34", modelled("resnet", True))
+    gdumb, er = (r["hours_per_run"] for r in est.rows)
+    assert gdumb < er / 3  # GDumb trains on its 4,400-image memory, ER-ACE on the stream plus replay
 
 
 def test_flops_count_macs_twice_and_the_peak_is_the_cards():

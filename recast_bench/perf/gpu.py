@@ -6,9 +6,10 @@ training throughput of ``recast`` on ViT-S, and the training throughput ceiling 
 are counted (:func:`flops_per_image`, ``torch.utils.flop_counter``: 2 FLOPs per multiply-accumulate, so timm's
 "GMACs" are half of them) over one image's forward, and its forward plus backward with every parameter training (the
 ceiling's step): ViT-S/16 at 224 px is 9.20 GFLOP forward and 27.5 training (about 3x forward: the backward does an
-input-gradient and a weight-gradient GEMM per forward GEMM), ResNet-34 7.33 and 21.7. The peak is the datasheet's
-dense (not 2:4-sparse) bf16 tensor-core figure of the card, by name (:data:`BF16_PEAK_TFLOPS`): H100 SXM and H200 989
-TFLOP/s; an unlisted card's fraction is ``unknown``.
+input-gradient and a weight-gradient GEMM per forward GEMM), ResNet-34 7.33 and 21.7. Each bench row's own step
+(frozen weights skip their weight-gradient GEMM) is counted in :mod:`recast_bench.perf.flops`. The peak is the
+datasheet's dense (not 2:4-sparse) bf16 tensor-core figure of the card, by name (:data:`BF16_PEAK_TFLOPS`): H100 SXM
+and H200 989 TFLOP/s; an unlisted card's fraction is ``unknown``.
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ def bf16_peak_tflops(name: str | None) -> float | None:
 
 def flops_per_image(backbone: nn.Module, image_size: int) -> dict[str, float]:
     """GFLOP per image of the forward and of the training step (forward + backward, every parameter trains), counted
-    over a batch of 2 (training BatchNorm needs more than one value per channel) on a copy on the meta device (no
-    memory, no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    over a batch of 2 on a copy on the meta device (no memory, no compute), with torch's counter as
+    :func:`recast_bench.perf.flops.counting` corrects it (grouped convolutions' weight gradients). Each bench row's own
+    step, frozen weights and per-step work included, is in :mod:`recast_bench.perf.flops`."""
+    from recast_bench.perf.flops import counting
 
     model = copy.deepcopy(backbone).to("meta").train()
     x = torch.randn(2, 3, image_size, image_size, device="meta")
-    with FlopCounterMode(display=False) as fwd:
+    with counting() as fwd:
         model(x)
-    with FlopCounterMode(display=False) as train:
+    with counting() as train:
         model(x).float().sum().backward()
     return {"forward_gflop": fwd.get_total_flops() / 2e9, "train_gflop": train.get_total_flops() / 2e9}
 
