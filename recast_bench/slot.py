@@ -9,7 +9,8 @@ divides the CPUs' loader workers by it), and replaces itself with COMMAND, which
 the slot is held exactly as long as the run lives, and freed by the kernel however it ends. With no slot free it
 waits. Without a GPU, or with ``--per-gpu 0`` (a DDP run that spans every GPU itself), it runs COMMAND unchanged.
 
-GPUs are those of ``CUDA_VISIBLE_DEVICES`` when set, else those ``nvidia-smi -L`` lists; torch is not imported.
+GPUs are those of ``CUDA_VISIBLE_DEVICES`` when set, else those ``nvidia-smi`` lists (:mod:`recast_bench.perf.smi`);
+torch is not imported.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import fcntl
 import json
 import os
 import random
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from recast_bench.perf.smi import gpu_names, smallest_memory_mb
 
 RUNS_PER_NODE_ENV = "RECAST_BENCH_RUNS_PER_NODE"
 """How many runs share this machine's CPUs; recast_bench.engine.device.default_workers divides loader workers by it."""
@@ -76,15 +77,7 @@ def card_mb(check: dict) -> float | None:
     gb = (check.get("preflight") or {}).get("gpu_mem_gb")
     if gb:
         return float(gb) * 1024
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30).stdout  # fmt: skip
-        return min(float(v) for v in out.split())
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return None
+    return smallest_memory_mb()
 
 
 def choose(gpus: int, backbone: str, check: dict, cpus: int, shm: int | None) -> tuple[int, str]:
@@ -120,14 +113,7 @@ def visible_gpus() -> list[str]:
     if env is not None:
         ids = [g.strip() for g in env.split(",") if g.strip()]
         return [] if ids in ([], ["-1"]) else ids
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+    return [str(i) for i in range(len(gpu_names()))]
 
 
 def default_dir() -> Path:

@@ -107,3 +107,31 @@ def test_choose_prints_runs_per_gpu_and_jobs_for_make(tmp_path):
     assert out.stdout.split() == [str(k), str(2 * k)] and "runs per GPU" in out.stderr
     out = subprocess.run([*argv, "--per-gpu", "0"], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["0", "1"]  # slots off: one DDP run at a time over every GPU
+
+
+def test_nvidia_smi_is_asked_in_one_place_with_one_failure_rule(tmp_path, monkeypatch):
+    """perf/smi.py serves the slot launcher (GPU count, smallest card) and gpu-check's preflight (details): a fake
+    nvidia-smi answering by query, then one that fails; without torch being needed."""
+    from recast_bench import slot
+    from recast_bench.perf import smi
+
+    exe = tmp_path / "nvidia-smi"
+    exe.write_text(
+        '#!/bin/sh\ncase "$1" in\n'
+        "  --query-gpu=name) printf 'NVIDIA H100\\nNVIDIA H100\\n' ;;\n"
+        "  --query-gpu=memory.total) printf '81559\\n40960\\n' ;;\n"
+        "  *) printf 'NVIDIA H100, 580.1, 81559 MiB, 9.0\\n' ;;\nesac\n"
+    )
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    smi._SMI_GPUS.clear()
+    assert slot.visible_gpus() == ["0", "1"] and slot.card_mb({}) == 40960.0
+    assert smi.gpu_details() == [
+        {"name": "NVIDIA H100", "driver_version": "580.1", "memory.total": "81559 MiB", "compute_cap": "9.0"}
+    ]
+    exe.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'; exit 9\n")
+    assert slot.card_mb({}) is None and smi.gpu_details().startswith("nvidia-smi exit 9")
+    assert slot.card_mb({"preflight": {"gpu_mem_gb": 80}}) == 80 * 1024
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert smi.gpu_names() == [] and smi.gpu_details() == "nvidia-smi not found" and slot.visible_gpus() == []

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
-import subprocess
 from typing import Any
 
 import torch
 
 from recast_bench.errors import UserError
+from recast_bench.perf.smi import _SMI_GPUS  # noqa: F401 (nvidia-smi is asked in one place: perf/smi.py)
+from recast_bench.perf.smi import gpu_names as nvidia_smi_gpus
 from recast_bench.slot import RUNS_PER_NODE_ENV  # set by the bench slot launcher (stdlib only, no torch)
 
 CUBLAS_WORKSPACE = ":4096:8"
@@ -222,33 +222,6 @@ def check_cuda(index: int) -> None:
             f"CUDA device {index} ({name}) is not usable: {first}; {_cuda_build()}. "
             "Use trainer.accelerator=cpu to run on the CPU"
         ) from None
-
-
-NVIDIA_SMI_TIMEOUT_S = 10.0
-_SMI_GPUS: dict[str, tuple[str, ...]] = {}
-
-
-def nvidia_smi_gpus() -> list[str]:
-    """The names of the GPUs ``nvidia-smi`` lists (all of them: it ignores ``CUDA_VISIBLE_DEVICES``); ``[]`` when it is
-    not on PATH, fails or hangs (10 s limit). Cached per executable path, so a run asks once."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    if exe not in _SMI_GPUS:
-        names: tuple[str, ...] = ()
-        try:
-            out = subprocess.run(
-                [exe, "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=NVIDIA_SMI_TIMEOUT_S,
-            )
-            if out.returncode == 0:
-                names = tuple(line.strip() for line in out.stdout.splitlines() if line.strip())
-        except (OSError, subprocess.SubprocessError):
-            pass
-        _SMI_GPUS[exe] = names
-    return list(_SMI_GPUS[exe])
 
 
 def cuda_hidden() -> bool:

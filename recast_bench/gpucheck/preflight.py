@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import subprocess
 import warnings
 from typing import Any
 
@@ -19,35 +17,16 @@ import torch
 
 from recast_bench.engine.device import check_cuda, configure_cublas
 from recast_bench.errors import UserError
+from recast_bench.perf.smi import gpu_details, gpu_names
 from recast_bench.slot import shm_need_bytes, shm_space
-
-
-def nvidia_smi_details() -> list[dict[str, str]] | str:
-    """Driver, memory and compute capability of every GPU (informative; the decision uses ``nvidia_smi_gpus``)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return "nvidia-smi not found"
-    fields = "name,driver_version,memory.total,compute_cap"
-    try:
-        out = subprocess.run(
-            [exe, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"nvidia-smi failed: {e}"
-    if out.returncode != 0:
-        return f"nvidia-smi exit {out.returncode}: {(out.stderr or out.stdout).strip().splitlines()[:1]}"
-    keys = fields.split(",")
-    return [dict(zip(keys, (v.strip() for v in line.split(",")), strict=False)) for line in out.stdout.splitlines()]
 
 
 def cuda_or_refuse() -> bool:
     """Whether torch can use CUDA here; raises one line when nvidia-smi lists a GPU that torch cannot use."""
-    from recast_bench.engine.device import nvidia_smi_gpus
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = torch.cuda.is_available()
-    listed = nvidia_smi_gpus()
+    listed = gpu_names()
     if listed and not available:
         why = next((str(w.message).strip().splitlines()[0] for w in caught if "CUDA" in str(w.message)), None)
         raise UserError(
@@ -91,7 +70,7 @@ def preflight() -> dict[str, Any]:
         "arch_list": torch.cuda.get_arch_list() if torch.version.cuda else [],
         "cuda_available": cuda,
         "gpus": torch.cuda.device_count() if cuda else 0,
-        "nvidia_smi": nvidia_smi_details(),
+        "nvidia_smi": gpu_details(),
         "cpus": len(os.sched_getaffinity(0)),
     }
     if cuda:
