@@ -143,7 +143,7 @@ class Clr(Method):
         restore({**bn_parameters(model), **bn_buffers(model)}, self._bn_init)
 
     def training_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         lam = self.cfg.reg_lambda
         if lam == 0:
@@ -151,7 +151,7 @@ class Clr(Method):
         # The official penalty: the (unsquared) L2 norm of each tensor of reg_params (kernels, BN and the classifier,
         # utils.train); a zero tensor adds nothing. The classifier is the running task's head.
         params = [p for p in self.task_parameters(model).values() if p.requires_grad]
-        key = head_key(model.active_task)
+        key = head_key(task_index)
         if key in model.heads:
             params += [p for p in model.heads[key].parameters() if p.requires_grad]
         norms = [p.norm() for p in params]

@@ -205,7 +205,6 @@ class Hat(Method):
         for spec in self.topology:
             set_submodule(backbone, spec.out, GatedBatchNorm(backbone.get_submodule(spec.out), self.cfg.smax))
         self._bn_init = snapshot({**bn_parameters(model), **bn_buffers(model)})
-        self._task_index = 0
         self._grad_masks: dict[str, torch.Tensor] = {}
 
     # ---- structure -------------------------------------------------------------------------------------------
@@ -253,7 +252,6 @@ class Hat(Method):
     # ---- task lifecycle ----------------------------------------------------------------------------------------
     def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
         """Fresh N(0, 1) embeddings (nn.Embedding's init in the official code), pretrained BN, current grad masks."""
-        self._task_index = task_index
         gen = torch.Generator().manual_seed(1000 * self.ctx.seed + task_index)
         with torch.no_grad():
             for g in self.gates(model).values():
@@ -277,11 +275,11 @@ class Hat(Method):
             g.s = s
 
     def training_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         gates = list(self.gates(model).values())
         a = torch.cat([g.gate() for g in gates])
-        if self._task_index == 0:
+        if task_index == 0:
             reg = a.sum() / a.numel()
         else:
             free = 1 - torch.cat([g.cumulative for g in gates])
@@ -344,11 +342,11 @@ class Hat(Method):
         return ("val/loss", "min") if self.cfg.schedule == "official" else ("val/acc", "max")
 
     def validation_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         """hat.py ``eval`` reports ``criterion``: cross-entropy plus ``lamb`` times the regulariser, gates at ``smax``
         (the model is in eval mode here, so ``training_loss`` computes exactly that)."""
-        return self.training_loss(model, loss, logits, y)
+        return self.training_loss(model, task_index, loss, logits, y)
 
     def load_shared_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
         super().load_shared_state(model, state)

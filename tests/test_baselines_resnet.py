@@ -12,10 +12,12 @@ from baselines.clr import Clr, ClrConfig, ClrLayer
 from baselines.hat import GatedBatchNorm, Hat, HatConfig, resnet_topology
 from baselines.piggyback import Binarize, Piggyback, PiggybackConfig, PiggybackLayer, pack_bits, unpack_bits
 from recast_bench.backbones.resnet import build_resnet34, build_resnet_tiny
+from recast_bench.config import TrainerConfig
 from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import trainable_count
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
+from recast_bench.engine.step import TrainStep
 from recast_bench.registry import METHODS, load_all
 
 
@@ -214,7 +216,7 @@ def test_clr_trains_bn_per_task_and_restarts_each_task() -> None:
     x = torch.randn(2, 3, 32, 32)
     fresh = tiny_model()
     assert torch.equal(model(x, 0), fresh(x, 0))
-    loss = clr.training_loss(model, torch.tensor(0.0), None, None)
+    loss = clr.training_loss(model, 0, torch.tensor(0.0), None, None)
     assert loss.item() > 0  # the official L2-norm penalty
     # It covers the running task's classifier too (official reg_params: fc + BN + kernels).
     model.active_task = 0
@@ -223,7 +225,7 @@ def test_clr_trains_bn_per_task_and_restarts_each_task() -> None:
     torch.testing.assert_close(loss, clr.cfg.reg_lambda * torch.stack(norms).sum())
     with torch.no_grad():
         head.weight.mul_(3.0)
-    assert clr.training_loss(model, torch.tensor(0.0), None, None) > loss
+    assert clr.training_loss(model, 0, torch.tensor(0.0), None, None) > loss
 
 
 class _GeneratedConv(nn.Module):
@@ -352,7 +354,7 @@ def test_hat_gradient_masking_freezes_units_of_previous_tasks() -> None:
     before = {k: v.detach().clone() for k, v in hat.shared_parameters(model).items()}
     hat.on_train_batch_start(model, 3, 4, 0)
     logits = model(torch.randn(4, 3, 32, 32), 1)
-    loss = hat.training_loss(model, F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])), logits, None)
+    loss = hat.training_loss(model, 1, F.cross_entropy(logits, torch.tensor([0, 1, 2, 0])), logits, None)
     loss.backward()
     hat.on_after_backward(model)
     w = model.backbone.layer2.get_submodule("1.conv1").weight
@@ -375,7 +377,7 @@ def test_hat_regulariser_and_state_split() -> None:
     hat.on_task_start(model, 0, None, None)
     model.train()
     gates = torch.cat([g.gate() for g in hat.gates(model).values()])
-    loss = hat.training_loss(model, torch.tensor(1.0), None, None)
+    loss = hat.training_loss(model, 0, torch.tensor(1.0), None, None)
     torch.testing.assert_close(loss, 1.0 + 0.75 * gates.mean())
     assert all(k.endswith("cumulative") for k in hat.shared_buffers(model))
     assert set(hat.shared_parameters(model)) == {f"backbone.{m.conv}.weight" for m in hat.topology}
@@ -512,13 +514,10 @@ def test_recast_plus_adapter_builds_and_trains(adapter: str, tmp_path) -> None: 
         p.requires_grad_(True)
     model.train()
     opt = torch.optim.Adam(params.values(), lr=1e-2)
+    step = TrainStep(model, method, 0, params, TrainerConfig())  # the engine's step: BN policy and every hook
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
     for _ in range(2):
-        opt.zero_grad()
-        loss = method.training_loss(model, F.cross_entropy(model(x, 0), y), None, y)
-        loss.backward()
-        method.on_after_backward(model)
-        opt.step()
+        step.run(opt, x, y)
     assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in coeffs.values())
     assert sum(int(torch.count_nonzero(p.grad)) for p in own.values()) > 0
     frozen = [n for n, p in model.named_parameters() if p.grad is not None and n not in params]

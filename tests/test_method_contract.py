@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recast_bench.backbones import build_backbone
 from recast_bench.config import StreamConfig, TrainerConfig
@@ -21,7 +20,7 @@ from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import LightningLearner
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel, head_key
-from recast_bench.engine.module import frozen_batchnorms
+from recast_bench.engine.step import TrainStep
 from recast_bench.registry import METHODS, all_method_names, parse_method_name
 
 TINY = {"vit": "vit_tiny", "resnet": "resnet_tiny"}
@@ -71,19 +70,17 @@ def _outputs(learner: LightningLearner, t: int, task) -> torch.Tensor:  # noqa: 
 
 def _check_gradients(learner: LightningLearner, t: int, task) -> None:  # noqa: ANN001
     model, method = learner.model, learner.method
-    intended = set(learner.trainable(t))
+    trainable = learner.trainable(t)
+    intended = set(trainable)
     model.train()
-    for m in frozen_batchnorms(model):  # as the engine does: frozen BN keeps its running statistics
-        m.eval()
-    model.active_task = t
-    method.on_train_batch_start(model, 0, 1, 0)
+    step = TrainStep(model, method, t, trainable, learner.tcfg)  # the engine's step, up to its gradient hook
+    step.begin_batch()
     model.zero_grad(set_to_none=True)
     x = torch.stack([task.train[i][0] for i in range(8)])
     y = torch.tensor([int(task.train[i][1]) for i in range(8)])
-    logits = model(x, t)
-    loss = method.training_loss(model, F.cross_entropy(logits, y), logits, y)
+    loss, _ = step.loss(x, y)
     loss.backward()
-    method.on_after_backward(model)
+    step.after_backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     model.eval()

@@ -6,14 +6,15 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recast_bench.backbones import build_backbone
+from recast_bench.config import TrainerConfig
 from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import unfreeze_for_task
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
 from recast_bench.engine.module import frozen_batchnorms
+from recast_bench.engine.step import TrainStep
 from recast_bench.errors import UserError
 from recast_bench.recast.layers import ReparamLinear
 from recast_bench.registry import METHODS, load_all
@@ -38,17 +39,11 @@ def _freeze_like_engine(model, method, t):
 def _train(model, method, t, steps=5, lr=5e-2):
     params = _freeze_like_engine(model, method, t)
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
-    model.train()
+    step = TrainStep(model, method, t, params, TrainerConfig())  # the engine's step (BN policy, hooks)
     g = torch.Generator().manual_seed(t)
     for i in range(steps):
-        for m in frozen_batchnorms(model, method):  # as the engine's TaskModule does before every batch
-            m.eval()
-        method.on_train_batch_start(model, i, steps, 0)
         x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g)
-        loss = method.training_loss(model, F.cross_entropy(model(x, t), y), None, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        step.run(opt, x, y, i, steps)
     return params
 
 

@@ -134,7 +134,7 @@ class Method:
         """Per-batch schedules (HAT's annealed gate temperature)."""
 
     def training_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         """Return the loss to minimise; add regularisers here."""
         return loss
@@ -161,7 +161,7 @@ class Method:
         return ("val/acc", "max")
 
     def validation_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         """The per-batch validation loss (``loss``: the batch's mean cross-entropy); add terms that the method's
         official evaluation counts (HAT's regulariser)."""
@@ -274,10 +274,10 @@ class CompositeMethod(Method):
             p.on_train_batch_start(model, batch_idx, num_batches, epoch)
 
     def training_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         for p in self.parts:
-            loss = p.training_loss(model, loss, logits, y)
+            loss = p.training_loss(model, task_index, loss, logits, y)
         return loss
 
     def on_after_backward(self, model: TaskModel) -> None:
@@ -300,10 +300,10 @@ class CompositeMethod(Method):
     # stop_below_lr and selection stay the engine's: no composable part has its own (HAT is not composable).
 
     def validation_loss(
-        self, model: TaskModel, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+        self, model: TaskModel, task_index: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         for p in self.parts:
-            loss = p.validation_loss(model, loss, logits, y)
+            loss = p.validation_loss(model, task_index, loss, logits, y)
         return loss
 
     def task_state(self, model: TaskModel) -> dict[str, torch.Tensor]:

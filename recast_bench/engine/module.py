@@ -16,6 +16,7 @@ from recast_bench.engine.compile import eager
 from recast_bench.engine.faults import failpoint
 from recast_bench.engine.method import Method
 from recast_bench.engine.model import TaskModel
+from recast_bench.engine.step import TrainStep, frozen_batchnorms  # noqa: F401 (frozen_batchnorms: re-exported)
 from recast_bench.errors import UserError
 
 
@@ -77,14 +78,11 @@ class TaskModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
         # Sample-weighted mean over the whole val set; compute() sums weights and totals over DDP ranks.
         self.val_loss = MeanMetric(nan_strategy="disable")  # no per-update NaN check: it would sync the device
-        # BN layers with no trainable parameter keep their running statistics frozen (eval mode): otherwise
-        # training task t would silently change the statistics every earlier task is evaluated with.
-        self._frozen_bn = frozen_batchnorms(model, method)
+        self.step = TrainStep(model, method, task_index, trainable, tcfg)
+        """The one training step (engine/step.py); the Lightning hooks below call its pieces in its order."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tcfg.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x, self.task_index)
+        return self.step.forward(x)
 
     def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         check_labels(batch[1], self.num_classes, self.task_name)  # still on the CPU here: no device sync
@@ -101,18 +99,12 @@ class TaskModule(L.LightningModule):
         return self.input_transform(x, self.trainer.training), y
 
     def on_train_batch_start(self, batch: tuple, batch_idx: int) -> None:
-        for m in self._frozen_bn:
-            m.eval()
-        self.model.active_task = self.task_index
-        self.method.on_train_batch_start(
-            self.model, batch_idx, int(self.trainer.num_training_batches), self.current_epoch
-        )
+        self.step.begin_batch(batch_idx, int(self.trainer.num_training_batches), self.current_epoch)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         x, y = batch
         failpoint("mid_task")
-        logits = self(x)
-        loss = self.method.training_loss(self.model, F.cross_entropy(logits, y), logits, y)
+        loss, logits = self.step.loss(x, y)
         self._note_finite(loss, batch_idx)
         self.train_acc.update(logits.detach(), y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
@@ -148,11 +140,18 @@ class TaskModule(L.LightningModule):
         self.train_acc.reset()
 
     def on_after_backward(self) -> None:
-        self.method.on_after_backward(self.model)
+        self.step.after_backward()
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:  # noqa: ANN001 (Lightning's signature)
+        # Lightning calls this after the closure (backward, on_after_backward) and, under 16-bit AMP, after unscaling;
+        # the clip itself is the step's, so a plain-PyTorch step clips exactly the same way.
+        self.step.clip(optimizer)
 
     def optimizer_step(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (Lightning's signature)
         super().optimizer_step(*args, **kwargs)
-        self.method.on_after_optimizer_step(self.model)
+        self.step.after_optimizer_step()
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         x, y = batch
@@ -160,7 +159,7 @@ class TaskModule(L.LightningModule):
         with eager(self.model.backbone):  # engine/compile.py: only training runs compiled
             logits = self(x)
         self.val_acc.update(logits, y)
-        loss = self.method.validation_loss(self.model, F.cross_entropy(logits, y), logits, y)
+        loss = self.method.validation_loss(self.model, self.task_index, F.cross_entropy(logits, y), logits, y)
         # One entry per sample (a view): the batch counts by its size. MeanMetric ignores ``weight`` when NaN checks
         # are disabled (torchmetrics 1.9), so the weighting must be in the values.
         self.val_loss.update(loss.detach().float().expand(len(y)))
@@ -192,22 +191,6 @@ class TaskModule(L.LightningModule):
         floor = self.method.stop_below_lr()
         if floor is not None and all(g["lr"] < floor for g in scheduler.optimizer.param_groups):
             self.trainer.should_stop = True
-
-
-def frozen_batchnorms(model: nn.Module, method: Method | None = None) -> list[nn.Module]:
-    """BatchNorm layers none of whose parameters train: they must run in eval mode so their statistics stay fixed.
-
-    Exception: a BN whose running statistics ``method`` stores per task (:meth:`Method.task_buffers`) stays in train
-    mode, so they adapt to the task and are saved and restored with it (RECAST's ``bn=per_task``).
-    """
-    per_task = {id(b) for b in method.task_buffers(model).values()} if method is not None else set()
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and not any(p.requires_grad for p in m.parameters())
-        and not any(id(b) in per_task for b in m.buffers())
-    ]
 
 
 def build_optimizer(model: TaskModel, method: Method, trainable: dict[str, nn.Parameter]) -> torch.optim.Optimizer:
