@@ -21,32 +21,20 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recast_bench.perf.common import timed_ms
+
 SIX_CLASSES = {"flowers102": 102, "aircraft": 100, "mit67": 67, "cifar100": 100, "cifar10": 10, "cub200": 200}
 
 
 def _median_ms(fn, repeats: int) -> float:  # noqa: ANN001
-    return _timed_ms(fn, repeats)[0]
-
-
-def _timed_ms(fn, repeats: int) -> tuple[float, float]:  # noqa: ANN001
-    """Median wall and CPU milliseconds of ``fn(i)`` over ``repeats`` calls. CPU time is this process's, which other
-    jobs on a shared machine do not inflate (with one torch thread it is the work done)."""
-    wall, cpu = [], []
-    for i in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn(i)
-        wall.append((time.perf_counter() - start) * 1e3)
-        cpu.append((time.process_time() - start_cpu) * 1e3)
-    return statistics.median(wall), statistics.median(cpu)
+    return timed_ms(fn, repeats)[0]
 
 
 def measure_method(name: str, backbone: str, repeats: int, workdir: Path, agnostic_batch: int = 16) -> dict[str, Any]:
@@ -54,9 +42,8 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path, agnost
 
     from recast_bench.deploy.pack import pack_tensors, summary
     from recast_bench.engine.checkpoint import load_tensors, save_tensors
-    from recast_bench.engine.method import assign_state
-    from recast_bench.engine.model import head_key
-    from recast_bench.recast.layers import REPARAM_TYPES
+    from recast_bench.perf.switch import split_head, switch_task
+    from recast_bench.recast.surgery import reparam_modules
 
     spec, model, method = _random_model(name, backbone, workdir)
     names = list(SIX_CLASSES)
@@ -65,16 +52,11 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path, agnost
     total = save_tensors(path, pack_tensors(states, names), {"tasks": ",".join(names)})
     sizes = summary(states, names, total)
     packed = load_tensors(path)
-    reparam = [m for m in model.modules() if isinstance(m, REPARAM_TYPES)]
+    reparam = list(reparam_modules(model).values())
 
     def switch(t: int, state: dict[str, torch.Tensor]) -> None:
-        head = f"heads.{head_key(t)}."
-        method.load_task_state(model, {k: v for k, v in state.items() if not k.startswith(head)})
-        assign_state(model, {k: v for k, v in state.items() if k.startswith(head)})
         model.active_task = t
-        with torch.no_grad():
-            for m in reparam:  # RECAST: generate this task's weights now, not inside the next forward
-                m.weight  # noqa: B018
+        switch_task(model, method, *split_head(state, t), reparam)  # RECAST: its weights generated now
 
     def from_memory(i: int) -> None:
         t = i % len(names)
@@ -99,7 +81,7 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path, agnost
     from_memory(0)
     forward(0)  # warm-up
     steady = _median_ms(forward, max(5, repeats // 5))
-    switch_ms, switch_cpu_ms = _timed_ms(from_memory, repeats)
+    switch_ms, switch_cpu_ms = timed_ms(from_memory, repeats)
     one = _median_ms(switch_then_forward, max(5, repeats // 5))
     agnostic = agnostic_figures(from_memory, model, len(names), agnostic_batch, spec.image_size, max(1, repeats // 20))
     return {
@@ -122,25 +104,14 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path, agnost
 
 def _random_model(name: str, backbone: str, workdir: Path) -> tuple[Any, Any, Any]:
     """``(spec, model, method)``: ``name`` set up on a randomly initialised ``backbone``, in eval mode."""
-    from omegaconf import OmegaConf
-
-    from recast_bench.backbones import get_spec, num_features
-    from recast_bench.engine.build import build_method
-    from recast_bench.engine.method import RunContext
-    from recast_bench.engine.model import TaskModel
+    from recast_bench.perf.models import method_model, seeded_backbone
     from recast_bench.registry import load_all
 
     load_all()
-    torch.manual_seed(0)
-    spec = get_spec(backbone)
-    backbone_module = spec.build()
-    model = TaskModel(backbone_module, num_features(backbone_module))
+    module, spec, _ = seeded_backbone(backbone, 0, "/nonexistent")
     # Random weights: a short Neural Mimicry is enough, sizes and switch times do not depend on its quality.
-    method = build_method(name, OmegaConf.create({"recast": {"mimic_iters": 20}}), spec.family)
-    method.ctx = RunContext(backbone_name=backbone, family=spec.family, cache_dir=str(workdir / "cache"), seed=0)
-    method.setup(model)
-    model.eval()
-    return spec, model, method
+    model, method = method_model(name, module, spec, str(workdir / "cache"), 0, {"recast": {"mimic_iters": 20}})
+    return spec, model.eval(), method
 
 
 def six_task_states(method: Any, model: Any) -> dict[int, dict[str, torch.Tensor]]:  # noqa: ANN401
@@ -184,7 +155,7 @@ def agnostic_figures(
                 choice.update(t, slice(0, batch), model(x, t), "max_softmax")
 
     choose(0)  # warm-up
-    ms, cpu = _timed_ms(choose, repeats)
+    ms, cpu = timed_ms(choose, repeats)
     return {"agnostic_batch": batch, "agnostic_ms": ms, "agnostic_ms_per_image": ms / batch,
             "agnostic_cpu_ms_per_image": cpu / batch}  # fmt: skip
 

@@ -152,16 +152,16 @@ def _last_error_line(text: str) -> str:
 
 def run_mimicry(case: Case, work: Path) -> dict:
     """The paper's Neural Mimicry on the run's device: time, memory and the minimum weight cosine."""
+    from recast_bench.perf.common import PeakCuda
     from recast_bench.perf.mimic import mimic_one
 
     cuda = torch.cuda.is_available()
     start = time.perf_counter()
     try:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        r = mimic_one(
-            case.backbone, "random", None if cuda else 20, 0, str(work / "weights"), "cuda" if cuda else "cpu"
-        )
+        with PeakCuda() as peak:
+            r = mimic_one(
+                case.backbone, "random", None if cuda else 20, 0, str(work / "weights"), "cuda" if cuda else "cpu"
+            )
     except Exception as e:  # noqa: BLE001
         text = f"{type(e).__name__}: {e}"
         return {"status": "fail", "failure_class": classify(text), "error": text.splitlines()[0][:400]}
@@ -173,32 +173,24 @@ def run_mimicry(case: Case, work: Path) -> dict:
         "iters_run": r.get("iters_run"),
         "peak_rss_mb": r.get("peak_rss_mb"),
     }
-    if cuda:
-        row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if peak.mb is not None:
+        row["peak_gpu_mem_mb"] = peak.mb
     return row
 
 
 def ceilings(tiny: bool) -> dict[str, Any]:
     """Training throughput ceiling per backbone and precision mode (tiny backbones, few steps on the CPU), with the
     FLOPs per image and, on a listed card, the fraction of its bf16 peak."""
-    from recast_bench.backbones import build_backbone
-    from recast_bench.perf.gpu import flops_per_image, fraction_of_peak, training_ceiling
+    from recast_bench.perf.gpu import ceiling_row
+    from recast_bench.perf.models import seeded_backbone
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    gpu = torch.cuda.get_device_name(0) if cuda else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = (("vit_tiny", 8), ("resnet_tiny", 8)) if tiny else (("vit_small", 128), ("resnet34", 64))
     out: dict[str, Any] = {}
     for name, batch in names:
         try:
-            backbone, spec, _ = build_backbone(name, None, "/nonexistent", allow_random_init=True)
-            flops = flops_per_image(backbone, spec.image_size)
-            steps, warmup = (2, 1) if tiny else (20, 5)
-            img_s = training_ceiling(
-                backbone, device, batch, spec.image_size, steps, warmup, channels_last_ok=spec.family == "resnet"
-            )
-            peak = {m: fraction_of_peak(v, flops["train_gflop"], gpu) if cuda else None for m, v in img_s.items()}
-            out[name] = img_s | {"batch": batch, **flops, "fraction_of_bf16_peak": peak}
+            backbone, spec, _ = seeded_backbone(name, 0, "/nonexistent")  # random weights: the speed is the same
+            out[name] = ceiling_row(backbone, spec, device, batch, *((2, 1) if tiny else (20, 5)))
         except Exception as e:  # noqa: BLE001
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     return out

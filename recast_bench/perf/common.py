@@ -1,4 +1,5 @@
-"""Measuring tools shared by the ``perf`` figures: interleaved timers, peak memory, machine info, checks.
+"""Measuring tools shared by every figure (``perf``, ``gpu-check``, the deploy and data benches): timers, steady
+images/s, peak memory, machine info, checks.
 
 Timings that are compared are taken round-robin in one process (A, B, C, then B, C, A, ...) and summarised by
 their median, so slow drift of the machine (other processes, thermal state) hits every contestant alike.
@@ -62,6 +63,37 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def timed_ms(fn: Callable[[int], Any], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU milliseconds of ``fn(i)`` over ``repeats`` calls. CPU time is this process's, which other
+    jobs on a shared machine do not inflate (with one torch thread it is the work done)."""
+    wall, cpu = [], []
+    for i in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn(i)
+        wall.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op off CUDA), so a host clock reads the work done, not queued."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steady_img_s(step: Callable[[], Any], batch: int, steps: int, warmup: int, device: torch.device | str) -> float:
+    """Images/s of ``steps`` calls of ``step`` (one batch of ``batch`` images each) after ``warmup`` untimed calls,
+    the device synchronised at both ends of the timed calls."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - t0)
+
+
 def _status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -112,6 +144,22 @@ class PeakRSS:
 
     def value(self) -> float | str:
         return self.mb if self.mb is not None else unavailable("peak RSS needs Linux /proc/self/clear_refs")
+
+
+class PeakCuda:
+    """Peak CUDA memory allocated by torch inside the ``with`` block, in MiB (``mb``); ``None`` without CUDA."""
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+
+    def __enter__(self) -> PeakCuda:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if torch.cuda.is_available():
+            self.mb = torch.cuda.max_memory_allocated() / 2**20
 
 
 def machine_info() -> dict[str, Any]:

@@ -219,10 +219,11 @@ def _method(card: Any, backbone: str, extra: list[str]) -> Iterator[tuple[Any, A
 def _lightning_row(card: Any, backbone: str) -> tuple[StepFn, EvalFn, list[nn.Module], int]:
     from torch.utils.data import DataLoader
 
+    from recast_bench.config import TrainerConfig
     from recast_bench.data.stream import build_stream
     from recast_bench.engine.learner import unfreeze_for_task
     from recast_bench.engine.model import TaskModel
-    from recast_bench.engine.module import frozen_batchnorms
+    from recast_bench.engine.step import TrainStep
 
     with _method(card, backbone, [o for part in card.parts for o in STRUCTURE_ONLY.get(part, [])]) as built:
         cfg, method, bb, spec = built
@@ -233,13 +234,11 @@ def _lightning_row(card: Any, backbone: str) -> tuple[StepFn, EvalFn, list[nn.Mo
     model.add_head(0, HEAD_CLASSES)
     model.active_task = 0
     trainable = unfreeze_for_task(model, method, 0)
+    step = TrainStep(model, method, 0, trainable, TrainerConfig())  # the engine's step: BN policy, loss, hooks
 
     def train_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        for m in frozen_batchnorms(model, method):  # as TaskModule does before every batch
-            m.eval()
-        method.on_train_batch_start(model, 0, 1, 0)
-        logits = model(x, 0)
-        return method.training_loss(model, F.cross_entropy(logits, y), logits, y)
+        step.begin_batch()
+        return step.loss(x, y)[0]
 
     head = sum(p.numel() for p in model.heads.parameters())
     return train_fn, (lambda x: model(x, 0)), [model], sum(p.numel() for p in trainable.values()) - head

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from typing import Any
 
 import torch
@@ -24,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from recast_bench.engine.device import autocast
-from recast_bench.perf.common import error_reason, unavailable
+from recast_bench.perf.common import PeakCuda, error_reason, steady_img_s, unavailable
 from recast_bench.perf.mimic import PAPER_TABLE5, mimic_one
-from recast_bench.perf.models import engine_optimizer, engine_trainable, method_model, seeded_backbone, train_step
+from recast_bench.perf.models import engine_optimizer, engine_step, engine_trainable, method_model, seeded_backbone
 
 BF16_PEAK_TFLOPS = (
     (r"H100.*PCIe", 756.0),
@@ -112,15 +111,8 @@ def training_ceiling(
             fmt = torch.channels_last if mode.endswith("channels_last") else torch.contiguous_format
             model.to(memory_format=fmt)
             xm = x.contiguous(memory_format=fmt)
-
-            for _ in range(warmup):
-                _train_step(model, opt, xm, y, mode, device)
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                _train_step(model, opt, xm, y, mode, device)
-            _sync(device)
-            out[mode] = batch * steps / (time.perf_counter() - t0)
+            step = lambda m=mode, xm=xm: _train_step(model, opt, xm, y, m, device)  # noqa: E731
+            out[mode] = steady_img_s(step, batch, steps, warmup, device)
     finally:
         torch.set_float32_matmul_precision(before[0])
         torch.backends.cudnn.allow_tf32 = before[1]
@@ -138,9 +130,18 @@ def _train_step(
     opt.step()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def ceiling_row(
+    backbone: nn.Module, spec: Any, device: torch.device, batch: int, steps: int = 20, warmup: int = 5
+) -> dict[str, Any]:
+    """:func:`training_ceiling` of ``backbone`` per mode, its batch and FLOPs per image, and on CUDA the fraction of
+    the card's bf16 peak (``None`` elsewhere): one ceiling figure, for ``perf`` and ``gpu-check`` alike."""
+    flops = flops_per_image(backbone, spec.image_size)
+    img_s = training_ceiling(
+        backbone, device, batch, spec.image_size, steps, warmup, channels_last_ok=spec.family == "resnet"
+    )
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak = {m: fraction_of_peak(v, flops["train_gflop"], gpu) if gpu else None for m, v in img_s.items()}
+    return img_s | {"batch": batch, **flops, "fraction_of_bf16_peak": peak}
 
 
 def gpu_figures(seed: int, cache_dir: str, weights_dir: str, batch: int = 64, steps: int = 20) -> dict[str, Any] | str:
@@ -150,9 +151,9 @@ def gpu_figures(seed: int, cache_dir: str, weights_dir: str, batch: int = 64, st
     for name, (paper_s, paper_gb) in PAPER_TABLE5.items():
         for init in ("svd", "random"):
             try:
-                torch.cuda.reset_peak_memory_stats()
-                r = mimic_one(name, init, None, seed, weights_dir, device="cuda")
-                r["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                with PeakCuda() as peak:
+                    r = mimic_one(name, init, None, seed, weights_dir, device="cuda")
+                r["peak_cuda_gb"] = peak.mb / 1024
                 r |= {"paper_s": paper_s, "paper_gb": paper_gb}
                 out["mimicry"][f"{name}/{init}"] = r
             except Exception as e:  # noqa: BLE001
@@ -161,29 +162,18 @@ def gpu_figures(seed: int, cache_dir: str, weights_dir: str, batch: int = 64, st
         backbone, spec, _ = seeded_backbone("vit_small", seed, weights_dir)
         model, method = method_model("recast", backbone, spec, cache_dir, seed)
         model = model.cuda().train()
-        opt = engine_optimizer(model, method, engine_trainable(model, method))
+        trainable = engine_trainable(model, method)
+        opt, step = engine_optimizer(model, method, trainable), engine_step(model, method, trainable)
         x = torch.randn(batch, 3, spec.image_size, spec.image_size, device="cuda")
         y = torch.randint(0, 10, (batch,), device="cuda")
-        for _ in range(3):
-            train_step(model, method, opt, x, y)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            train_step(model, method, opt, x, y)
-        torch.cuda.synchronize()
-        out["recast_vit_small_train_img_s"] = batch * steps / (time.perf_counter() - t0)
+        out["recast_vit_small_train_img_s"] = steady_img_s(lambda: step.run(opt, x, y), batch, steps, 3, "cuda")
         out["train_batch"] = batch
     except Exception as e:  # noqa: BLE001
         out["recast_vit_small_train_img_s"] = unavailable(error_reason(e))
     for name, batch in (("vit_small", 128), ("resnet34", 64)):
         try:
             backbone, spec, _ = seeded_backbone(name, seed, weights_dir)
-            dev = torch.device("cuda")
-            flops = flops_per_image(backbone, spec.image_size)
-            img_s = training_ceiling(backbone, dev, batch, spec.image_size, channels_last_ok=spec.family == "resnet")
-            gpu = out["device"]
-            peak = {m: fraction_of_peak(v, flops["train_gflop"], gpu) for m, v in img_s.items()}
-            out[f"ceiling_{name}_img_s"] = img_s | {**flops, "fraction_of_bf16_peak": peak}
+            out[f"ceiling_{name}_img_s"] = ceiling_row(backbone, spec, torch.device("cuda"), batch)
         except Exception as e:  # noqa: BLE001
             out[f"ceiling_{name}_img_s"] = unavailable(error_reason(e))
     return out

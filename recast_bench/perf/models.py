@@ -2,7 +2,8 @@
 
 A method's model is a :class:`TaskModel` over a copy of one seeded backbone, with ``method.setup`` run under a
 context like the engine's; trainable parameters and optimizer groups follow ``LightningLearner.trainable`` and
-``TaskModule.configure_optimizers`` (everything frozen, then the method's task/shared parameters and the head).
+``TaskModule.configure_optimizers`` (everything frozen, then the method's task/shared parameters and the head), and
+a step is the engine's own :class:`~recast_bench.engine.step.TrainStep`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recast_bench.engine.learner import unfreeze_for_task
 from recast_bench.engine.method import Method, RunContext
 from recast_bench.engine.model import TaskModel
-from recast_bench.engine.module import build_optimizer, frozen_batchnorms
+from recast_bench.engine.module import build_optimizer
+from recast_bench.engine.step import TrainStep
 
 PEFT_LORA = "peft_lora_qkv_r1"
 """Name of the PEFT reference in the training-step figure: LoRA rank 1 on timm's fused ``qkv`` (Q, K and V)."""
@@ -88,19 +89,12 @@ def engine_optimizer(model: TaskModel, method: Method, trainable: dict[str, nn.P
     return build_optimizer(model, method, trainable)
 
 
-def train_step(model: TaskModel, method: Method, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One engine training step: forward, the method's loss, backward, gradient hook, optimizer step, post-step."""
-    for m in frozen_batchnorms(model):  # as TaskModule does before every batch
-        m.eval()
-    method.on_train_batch_start(model, 0, 1, 0)
-    opt.zero_grad(set_to_none=True)
-    logits = model(x, 0)
-    loss = method.training_loss(model, F.cross_entropy(logits, y), logits, y)
-    loss.backward()
-    method.on_after_backward(model)
-    opt.step()
-    method.on_after_optimizer_step(model)
-    return float(loss.detach())
+def engine_step(model: TaskModel, method: Method, trainable: dict[str, nn.Parameter]) -> TrainStep:
+    """The engine's own training step of task 0 (:class:`recast_bench.engine.step.TrainStep`: its BatchNorm policy,
+    the method's loss and hooks; the trainer's defaults, so no gradient clip): ``.run(opt, x, y)`` is one step."""
+    from recast_bench.config import TrainerConfig
+
+    return TrainStep(model, method, 0, trainable, TrainerConfig())
 
 
 def count_task_params(model: TaskModel, method: Method) -> int:

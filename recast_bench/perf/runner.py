@@ -76,17 +76,7 @@ def _run(cfg: PerfConfig, out: str | Path | None, echo: bool) -> dict[str, Any]:
         )
         res["train_step"] = _section(
             "train_step",
-            lambda: train_step_figures(
-                cfg.train_backbone,
-                cfg.train_batch,
-                cfg.train_warmup,
-                cfg.train_repeats,
-                cfg.seed,
-                cache,
-                cfg.weights_dir,
-                cfg.image_size,
-                ov,
-            ),
+            lambda: train_step_figures(cfg, cache),
             sec,
             echo,
         )

@@ -1,5 +1,8 @@
 """Task-switch latency of a deployed RECAST model: read a task's files, load them, regenerate the weights.
 
+:func:`switch_task` is the switch itself (load a task's own state and head, then regenerate the generated weights),
+timed here by parts and by ``python -m recast_bench.deploy.bench`` from a task pack; both time this one function.
+
 Two tasks' states (coefficients via ``method.task_state``, head) are saved as safetensors, as the engine saves
 them. A switch reads both files, assigns them (``method.load_task_state`` and the head) and regenerates every
 generated weight into the layers' inference cache, so the next forward runs at the plain model's speed. The files
@@ -20,6 +23,31 @@ from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel
 from recast_bench.perf.common import median
 from recast_bench.perf.inference import perturb_coefficients
+
+
+def split_head(state: dict[str, torch.Tensor], t: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(the method's own state, task t's head)`` of one task's saved tensors (head keys ``heads.<key>.*``)."""
+    from recast_bench.engine.model import head_key
+
+    head = f"heads.{head_key(t)}."
+    return {k: v for k, v in state.items() if not k.startswith(head)}, {
+        k: v for k, v in state.items() if k.startswith(head)
+    }
+
+
+def regenerate(layers: list[torch.nn.Module]) -> None:
+    """Fill every generated-weight layer's inference cache now, so the next forward runs at the plain model's speed
+    (RECAST; a no-op for a method without generated weights)."""
+    with torch.no_grad():
+        for m in layers:
+            m.weight  # noqa: B018 (fills the layer's inference cache)
+
+
+def switch_task(model: TaskModel, method: Method, own: dict, head: dict, layers: list[torch.nn.Module]) -> None:
+    """Make a task current: its own state through ``method.load_task_state``, its head, then :func:`regenerate`."""
+    method.load_task_state(model, own)
+    assign_state(model, head)
+    regenerate(layers)
 
 
 def _head_state(model: TaskModel) -> dict[str, torch.Tensor]:
@@ -55,17 +83,15 @@ def switch_figures(model: TaskModel, method: Method, repeats: int, seed: int, im
             method.load_task_state(model, state)
             assign_state(model, head)
             t2 = time.perf_counter()
-            with torch.inference_mode():
-                for m in layers:
-                    m.weight  # noqa: B018 (fills the layer's inference cache)
+            regenerate(layers)
             t3 = time.perf_counter()
             if r >= 2:
                 for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
                     parts[k].append(1000 * v)
         max_diff = 0.0
         for t in (0, 1, 0):
-            method.load_task_state(model, load_file(str(files[t] / "state.safetensors")))
-            assign_state(model, load_file(str(files[t] / "head.safetensors")))
+            own, head = (load_file(str(files[t] / f)) for f in ("state.safetensors", "head.safetensors"))
+            switch_task(model, method, own, head, layers)
             with torch.inference_mode():
                 max_diff = max(max_diff, float((model(x, 0) - expected[t]).abs().max()))
         state_bytes = (files[0] / "state.safetensors").stat().st_size
