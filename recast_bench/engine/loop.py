@@ -13,15 +13,19 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from recast_bench.backbones import build_backbone, get_spec, num_features
+from recast_bench.backbones.registry import BackboneSpec
 from recast_bench.config import TrainerConfig
 from recast_bench.data.hashes import check_split_hashes, split_hashes
-from recast_bench.data.stream import build_stream
+from recast_bench.data.stream import Task, build_stream
 from recast_bench.engine.build import build_method
 from recast_bench.engine.checkpoint import RunLock, read_json, write_json
 from recast_bench.engine.compile import check_compile
@@ -36,7 +40,7 @@ from recast_bench.engine.device import (
     set_backend_flags,
 )
 from recast_bench.engine.faults import failpoint
-from recast_bench.engine.learner import LightningLearner
+from recast_bench.engine.learner import Learner, LightningLearner
 from recast_bench.engine.logging import (
     EpochMetrics,
     finish_logger,
@@ -44,7 +48,7 @@ from recast_bench.engine.logging import (
     make_logger,
     require_logger_package,
 )
-from recast_bench.engine.method import RunContext
+from recast_bench.engine.method import Method, RunContext
 from recast_bench.engine.model import TaskModel
 from recast_bench.engine.results import (
     PREDICTIONS,
@@ -118,6 +122,37 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+@dataclass
+class RunSetup:
+    """Everything a run is built from, checked before the output directory is touched (:func:`run`)."""
+
+    cfg: DictConfig
+    plain: dict
+    """``cfg`` resolved to plain containers (what results.json records and the fingerprint hashes)."""
+    tcfg: TrainerConfig
+    spec: BackboneSpec
+    method: Method
+    out: Path
+    fingerprint: str
+    tasks: list[Task]
+    backbone: nn.Module
+    weights_path: str | None
+    image_size: int
+    device: torch.device
+    rank0: bool
+    """Only global rank 0 writes files (DDP)."""
+    echo: bool
+    """Print progress lines on stderr (rank 0 only)."""
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.method_name)
+
+
 def run(cfg: DictConfig, echo: bool = True) -> dict:
     """Run (or resume) one method over one stream; returns the results dict also written to ``results.json``.
 
@@ -144,9 +179,8 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     out = Path(cfg.out)
     fp = fingerprint(plain)
     rank0 = is_rank_zero()
-    prev = None
-    if (out / RESULTS).exists():
-        prev = read_json(out / RESULTS)
+    prev = read_json(out / RESULTS) if (out / RESULTS).exists() else None
+    if prev is not None:
         if prev.get("fingerprint") != fp:
             raise UserError(f"{out} holds a run with another method, backbone or config; use another --out")
         if prev.get("status") == "complete":
@@ -154,8 +188,7 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
                 print(f"{out}: already complete, nothing to do", file=sys.stderr)
             return prev
 
-    seed = int(cfg.seed)
-    seed_everything(seed)
+    seed_everything(int(cfg.seed))
     image_size = cfg.backbone.image_size or spec.image_size
     tasks = build_stream(cfg.stream, image_size=image_size, cache_dir=cfg.paths.cache_dir)
     backbone, spec, weights_path = build_backbone(
@@ -165,6 +198,11 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
         raise UserError(f"{out} holds a run over tasks {prev['tasks']}, not this stream; use another --out")
     if prev is not None:  # same task names, other files or labels: refused as a changed config is
         check_split_hashes(prev.get("split_hashes"), split_hashes(tasks), out)
+    setup = RunSetup(
+        cfg=cfg, plain=plain, tcfg=tcfg, spec=spec, method=method, out=out, fingerprint=fp, tasks=tasks,
+        backbone=backbone, weights_path=weights_path, image_size=image_size, device=device, rank0=rank0,
+        echo=echo and rank0,
+    )  # fmt: skip
 
     if rank0:
         prepare_out_dir(out)
@@ -172,109 +210,153 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     with lock:
         if rank0 and (out / RESULTS).exists():  # another run may have finished it while we were building
             prev = read_json(out / RESULTS)
-        return _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo and rank0, tasks, backbone,
-                           weights_path, image_size, rank0, device)  # fmt: skip
+        return _run_locked(setup, prev)
 
 
-def _run_locked(cfg, plain, tcfg, spec, method, out, fp, prev, echo, tasks, backbone, weights_path, image_size,
-                rank0, device) -> dict:  # noqa: ANN001  # fmt: skip
-    seed = int(cfg.seed)
-    model = TaskModel(backbone, num_features(backbone))
-    method.ctx = RunContext(
-        backbone_name=spec.name,
-        family=spec.family,
-        weights_path=weights_path,
-        cache_dir=str(cfg.paths.cache_dir),
-        out_dir=str(out),
-        seed=seed,
-        image_size=image_size,
-        device=str(device),  # with its index: each DDP rank and each bench slot works on its own GPU
-    )
-    reset_peak_memory(device)  # the peak covers the method's setup (e.g. Neural Mimicry on the GPU) too
-    seed_everything(seed)
-    method.setup(model)
-    backbone_params = sum(p.numel() for p in model.backbone.parameters())
-
-    res = prev or new_results(
-        cfg.method_name, spec.name, cfg.stream.name, seed, [t.name for t in tasks], plain,
-        fingerprint=fp, num_classes=[t.num_classes for t in tasks], backbone_params=backbone_params,
-        isolates_tasks=method.isolates_tasks, weights=weights_path, versions=_versions(),
-        selection=selection_record(*method.selection()), git_commit=git_commit(),
-    )  # fmt: skip
-    upgrade_results(res)  # a run started before schema 2 gains its new keys (null for the tasks it already did)
-    res.update(device_record(device, tcfg))  # where this (possibly resumed) session runs
-    res.setdefault("split_hashes", split_hashes(tasks))  # a run from before split hashes gets them on resume
-    gpu = f" ({res['gpu_name']})" if res.get("gpu_name") else ""
-    where = f"{device}{gpu}, profile {tcfg.resolved_profile}, precision {tcfg.precision}"
-    logger = make_logger(cfg.logger, out, f"{cfg.method_name}-{spec.name}-s{seed}", plain) if rank0 else None
-    step = {"n": int(res.get("log_step", 0))}
-
-    def callbacks(t: int, task) -> list:  # noqa: ANN001
-        cb = EpochMetrics(logger, t, task.name, step["n"])
-        step["cb"] = cb
-        return [cb]
-
-    if method.runner == "avalanche":
-        learner = method.make_learner(model, tasks, tcfg, seed, fp)  # type: ignore[attr-defined]
-    else:
-        learner = LightningLearner(model, method, tcfg, seed, fp, callbacks_factory=callbacks, device=device)
+def _run_locked(run: RunSetup, prev: dict | None) -> dict:
+    model = setup_model(run)
+    res = start_results(run, model, prev)
+    log = TaskLog(make_logger(run.cfg.logger, run.out, f"{run.name}-{run.spec.name}-s{run.seed}", run.plain)
+                  if run.rank0 else None, int(res.get("log_step", 0)))  # fmt: skip
+    learner = make_learner(run, model, log)
     compiled = bool(getattr(learner, "compiles", False))  # this session's setting, as it is actually used
-    res.update({"compile": compiled, "compile_backend": str(tcfg.compile_backend) if compiled else None})
-
+    res.update({"compile": compiled, "compile_backend": str(run.tcfg.compile_backend) if compiled else None})
     done = int(res["completed_tasks"])
     if done:
-        _resume(learner, tasks, out, done, echo)
-
-    for t in range(done, len(tasks)):
-        task = tasks[t]
-        start = time.perf_counter()
-        seed_everything(seed + 1000 * (t + 1))  # per-task seed: a resumed run replays exactly
-        stats = learner.fit_task(t, task)
-        if rank0:
-            sizes = learner.save_task(t, task, task_dir(out, task.name))
-            # Shared state is versioned per task: a kill before results.json is rewritten must not leave a
-            # shared state newer than the last completed task.
-            learner.save_shared(task_dir(out, task.name) / SHARED)
-        else:
-            sizes = {"bytes": None, "head_bytes": None}
-        row = res["acc_matrix"][t]
-        preds, eval_s = evaluate_seen(learner, tasks, t, row)
-        if rank0:  # before results.json: a completed task always has its predictions on disk
-            write_predictions(out / PREDICTIONS, preds, {"after_task": task.name, "fingerprint": fp})
-        if "cb" in step:
-            step["n"] = step["cb"].step
-        record_task(res, t, stats, sizes, learner, time.perf_counter() - start, eval_s)
-        record_peak_memory(res, device)
-        summarise(res)
-        if rank0:
-            log_task_results(logger, res, step["n"])
-        step["n"] += 1
-        res["log_step"] = step["n"]
-        if rank0:
-            write_json(out / RESULTS, res)
-            if t > 0:  # the previous shared state is no longer needed to resume
-                (task_dir(out, tasks[t - 1].name) / SHARED).unlink(missing_ok=True)
-        failpoint("task_done")
-        if echo:
+        _resume(learner, run.tasks, run.out, done, run.echo)
+    for t in range(done, len(run.tasks)):
+        train_task(run, learner, res, t, log)
+        if run.echo:
             if t == done:  # said once, with the first result (an error before it stays a one-line message)
-                print(f"[{cfg.method_name}] running on {where}", file=sys.stderr)
-            accs = " ".join(f"{a:.1f}" for a in row[: t + 1])
-            print(f"[{cfg.method_name}] task {t + 1}/{len(tasks)} {task.name}: test acc {accs}", file=sys.stderr)
+                print(f"[{run.name}] running on {_where(run, res)}", file=sys.stderr)
+            accs = " ".join(f"{a:.1f}" for a in res["acc_matrix"][t][: t + 1])
+            print(f"[{run.name}] task {t + 1}/{len(run.tasks)} {run.tasks[t].name}: test acc {accs}", file=sys.stderr)
+    return finish_run(run, learner, res, log)
 
-    if rank0 and "task_agnostic" not in res:  # once per run, after the last task (T^2 test passes)
-        from recast_bench.deploy.agnostic import evaluate_learner  # deploy imports the engine: imported late
 
-        agnostic = evaluate_learner(learner, tasks)  # None for a learner without per-task states (Avalanche)
-        if agnostic is not None:
-            res["task_agnostic"] = agnostic
-    res["status"] = "complete"
-    if rank0:
-        write_json(out / RESULTS, res)
-        finish_logger(logger, res)
+def setup_model(run: RunSetup) -> TaskModel:
+    """The task model on the run's backbone, after the method's surgery (the peak memory counts the surgery)."""
+    model = TaskModel(run.backbone, num_features(run.backbone))
+    run.method.ctx = RunContext(
+        backbone_name=run.spec.name,
+        family=run.spec.family,
+        weights_path=run.weights_path,
+        cache_dir=str(run.cfg.paths.cache_dir),
+        out_dir=str(run.out),
+        seed=run.seed,
+        image_size=run.image_size,
+        device=str(run.device),  # with its index: each DDP rank and each bench slot works on its own GPU
+    )
+    reset_peak_memory(run.device)  # the peak covers the method's setup (e.g. Neural Mimicry on the GPU) too
+    seed_everything(run.seed)
+    run.method.setup(model)
+    return model
+
+
+def start_results(run: RunSetup, model: TaskModel, prev: dict | None) -> dict:
+    """A new results dict, or the resumed run's brought up to date for this session."""
+    method = run.method
+    res = prev or new_results(
+        run.name, run.spec.name, run.cfg.stream.name, run.seed, [t.name for t in run.tasks], run.plain,
+        fingerprint=run.fingerprint, num_classes=[t.num_classes for t in run.tasks],
+        backbone_params=sum(p.numel() for p in model.backbone.parameters()), isolates_tasks=method.isolates_tasks,
+        weights=run.weights_path, versions=_versions(), selection=selection_record(*method.selection()),
+        git_commit=git_commit(),
+    )  # fmt: skip
+    upgrade_results(res)  # a run started before schema 2 gains its new keys (null for the tasks it already did)
+    res.update(device_record(run.device, run.tcfg))  # where this (possibly resumed) session runs
+    res.setdefault("split_hashes", split_hashes(run.tasks))  # a run from before split hashes gets them on resume
     return res
 
 
-def _resume(learner, tasks: list, out: Path, done: int, echo: bool) -> None:  # noqa: ANN001 (a Learner)
+class TaskLog:
+    """The run's logger and its global step, which continues across tasks (and across a resume: ``log_step``)."""
+
+    def __init__(self, logger: Logger | None, step: int) -> None:
+        self.logger = logger
+        self.step = step
+        self._epochs: EpochMetrics | None = None
+
+    def callbacks(self, t: int, task: Task) -> list:
+        """Task ``t``'s Lightning callbacks: one logged row per epoch, numbered on from the last task's."""
+        self._epochs = EpochMetrics(self.logger, t, task.name, self.step)
+        return [self._epochs]
+
+    def task_done(self, res: dict, rank0: bool) -> None:
+        """Log the task's results one step after its last epoch's row."""
+        if self._epochs is not None:
+            self.step = self._epochs.step
+        if rank0:
+            log_task_results(self.logger, res, self.step)
+        self.step += 1
+        res["log_step"] = self.step
+
+
+def make_learner(run: RunSetup, model: TaskModel, log: TaskLog) -> Learner:
+    """The method's own learner (Avalanche) or the engine's."""
+    own = run.method.make_learner(model, run.tasks, run.tcfg, run.seed, run.fingerprint)
+    if own is not None:
+        return own
+    return LightningLearner(
+        model, run.method, run.tcfg, run.seed, run.fingerprint, callbacks_factory=log.callbacks, device=run.device
+    )
+
+
+def train_task(run: RunSetup, learner: Learner, res: dict, t: int, log: TaskLog) -> None:
+    """Fit task ``t``, save its state, test every task seen so far, and record it all in ``results.json``."""
+    task = run.tasks[t]
+    start = time.perf_counter()
+    seed_everything(run.seed + 1000 * (t + 1))  # per-task seed: a resumed run replays exactly
+    stats = learner.fit_task(t, task)
+    sizes = save_task(run, learner, t)
+    preds, eval_s = evaluate_seen(learner, run.tasks, t, res["acc_matrix"][t])
+    if run.rank0:  # before results.json: a completed task always has its predictions on disk
+        write_predictions(run.out / PREDICTIONS, preds, {"after_task": task.name, "fingerprint": run.fingerprint})
+    record_task(res, t, TaskRecord(stats, sizes, getattr(learner, "switch_ms", None), time.perf_counter() - start,
+                                   eval_s))  # fmt: skip
+    record_peak_memory(res, run.device)
+    summarise(res)
+    log.task_done(res, run.rank0)
+    if run.rank0:
+        write_json(run.out / RESULTS, res)
+        if t > 0:  # the previous shared state is no longer needed to resume
+            (task_dir(run.out, run.tasks[t - 1].name) / SHARED).unlink(missing_ok=True)
+    failpoint("task_done")
+
+
+def save_task(run: RunSetup, learner: Learner, t: int) -> dict:
+    """Task ``t``'s state and head on disk (rank 0); their sizes in bytes (``None`` on other ranks)."""
+    if not run.rank0:
+        return {"bytes": None, "head_bytes": None}
+    task = run.tasks[t]
+    sizes = learner.save_task(t, task, task_dir(run.out, task.name))
+    # Shared state is versioned per task: a kill before results.json is rewritten must not leave a shared state
+    # newer than the last completed task.
+    learner.save_shared(task_dir(run.out, task.name) / SHARED)
+    return sizes
+
+
+def finish_run(run: RunSetup, learner: Learner, res: dict, log: TaskLog) -> dict:
+    """After the last task: task-agnostic accuracy once per run (T^2 test passes), then the run is complete."""
+    if run.rank0 and "task_agnostic" not in res:
+        from recast_bench.deploy.agnostic import evaluate_learner  # deploy imports the engine: imported late
+
+        agnostic = evaluate_learner(learner, run.tasks)  # None for a learner without per-task states (Avalanche)
+        if agnostic is not None:
+            res["task_agnostic"] = agnostic
+    res["status"] = "complete"
+    if run.rank0:
+        write_json(run.out / RESULTS, res)
+        finish_logger(log.logger, res)
+    return res
+
+
+def _where(run: RunSetup, res: dict) -> str:
+    gpu = f" ({res['gpu_name']})" if res.get("gpu_name") else ""
+    return f"{run.device}{gpu}, profile {run.tcfg.resolved_profile}, precision {run.tcfg.precision}"
+
+
+def _resume(learner: Learner, tasks: list[Task], out: Path, done: int, echo: bool) -> None:
     """The shared state as it was after the last completed task, then every completed task's own state."""
     learner.load_shared(task_dir(out, tasks[done - 1].name) / SHARED)
     for t in range(done):
@@ -283,7 +365,7 @@ def _resume(learner, tasks: list, out: Path, done: int, echo: bool) -> None:  # 
         print(f"resuming {out} after task {done} of {len(tasks)}", file=sys.stderr)
 
 
-def evaluate_seen(learner, tasks: list, t: int, row: list) -> tuple[dict, float]:  # noqa: ANN001 (a Learner)
+def evaluate_seen(learner: Learner, tasks: list[Task], t: int, row: list) -> tuple[dict, float]:
     """Test every task seen so far under its own state into ``row``; their predictions and the seconds it took."""
     start = time.perf_counter()
     preds = {}
@@ -293,12 +375,28 @@ def evaluate_seen(learner, tasks: list, t: int, row: list) -> tuple[dict, float]
     return preds, time.perf_counter() - start
 
 
-def record_task(res: dict, t: int, stats: dict, sizes: dict, learner, wall_s: float, eval_s: float) -> None:  # noqa: ANN001
+@dataclass
+class TaskRecord:
+    """What one task leaves for results.json besides its accuracies."""
+
+    stats: dict
+    """The learner's ``fit_task`` statistics."""
+    sizes: dict
+    """``save_task``'s bytes (``None`` on ranks that do not write)."""
+    switch_ms: list[float] | None
+    """Every task switch the learner has timed so far (``None``: it times none)."""
+    wall_s: float
+    """The task so far, from its fit to its test evaluation."""
+    eval_s: float
+
+
+def record_task(res: dict, t: int, rec: TaskRecord) -> None:
     """Task ``t``'s per-task entries of results.json: the learner's fit statistics, the saved sizes, the measured
-    timing (``wall_s``: the task so far, from its fit to its test evaluation) and the task switches."""
-    res["timing"][t] = task_timing(stats, wall_s, eval_s)
-    res["task_switch_ms"] = _mean(getattr(learner, "switch_ms", None)) or res.get("task_switch_ms")
-    res["wall_s"] = float(res["wall_s"]) + wall_s
+    timing and the task switches."""
+    stats, sizes = rec.stats, rec.sizes
+    res["timing"][t] = task_timing(stats, rec.wall_s, rec.eval_s)
+    res["task_switch_ms"] = _mean(rec.switch_ms) or res.get("task_switch_ms")
+    res["wall_s"] = float(res["wall_s"]) + rec.wall_s
     res["val_acc"][t] = stats.get("val_acc")
     res["best_epoch"][t] = stats.get("best_epoch")
     res["trainable_params_per_task"][t] = stats["trainable_params"]

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from recast_bench.config import TrainerConfig
     from recast_bench.data.stream import Task
+    from recast_bench.engine.learner import Learner
     from recast_bench.engine.model import TaskModel
 
 
@@ -185,6 +186,13 @@ class Method:
 
     def load_shared_state(self, model: TaskModel, state: dict[str, torch.Tensor]) -> None:
         assign_state(model, state)
+
+    def make_learner(
+        self, model: TaskModel, tasks: list[Task], tcfg: TrainerConfig, seed: int, fingerprint: str
+    ) -> Learner | None:
+        """A learner of the method's own (``runner = "avalanche"``), which then runs every task in place of the
+        engine's; ``None``: the engine's ``LightningLearner`` and the hooks above."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
