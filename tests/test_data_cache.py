@@ -11,11 +11,11 @@ import torch
 
 from recast_bench.config import compose_config
 from recast_bench.data import build_stream
-from recast_bench.data.bench import cache_size_table, measure_throughput
 from recast_bench.data.cache import cache_paths, cached_images
 from recast_bench.data.images import CachedImages
 from recast_bench.data.sources import load_source
 from recast_bench.errors import UserError
+from recast_bench.perf.loading import LoaderSetup, cache_size_table, first, measure_throughput
 
 JPEG_TASKS = "[flowers102,aircraft,mit67,cub200]"
 
@@ -108,7 +108,8 @@ def test_failed_build_leaves_no_file(six_root, tmp_path):
 
 
 def test_measure_throughput_reports_both_paths(six_root):
-    out = measure_throughput("flowers102", str(six_root), image_size=32, max_images=4, num_workers=0, epochs=1)
+    rec = first(load_source("flowers102", str(six_root)).splits["train"], 4)
+    out = measure_throughput(rec, LoaderSetup(32, num_workers=0, epochs=1), "flowers102")
     assert (
         out["images"] == 4
         and out["uncached_img_s"] > 0
