@@ -24,13 +24,16 @@ PEFT_LORA = "peft_lora_qkv_r1"
 """Name of the PEFT reference in the training-step figure: LoRA rank 1 on timm's fused ``qkv`` (Q, K and V)."""
 
 
-def seeded_backbone(name: str, seed: int, weights_dir: str) -> tuple[nn.Module, Any, str | None]:
-    """``build_backbone`` with local weights when present, else random weights that depend on ``seed`` only."""
+def seeded_backbone(
+    name: str, seed: int, weights_dir: str, weights: str | None = None
+) -> tuple[nn.Module, Any, str | None]:
+    """``build_backbone`` with the file ``weights``, else local weights when present, else random weights that depend
+    on ``seed`` only (the global RNG is left as it was)."""
     from recast_bench.backbones import build_backbone
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_backbone(name, None, weights_dir, allow_random_init=True)
+        return build_backbone(name, weights, weights_dir, allow_random_init=weights is None)
 
 
 def method_model(

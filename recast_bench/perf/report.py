@@ -69,8 +69,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return out + ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
 
 
-def render_markdown(res: dict[str, Any]) -> str:
-    """The summary: machine, targets with pass/fail, then one table per figure."""
+def _targets_md(res: dict[str, Any]) -> list[str]:
+    """The header line (machine, wall time) and the targets with pass/fail."""
     mi = res["machine"]
     lines = [
         "# recast-bench perf",
@@ -92,6 +92,12 @@ def render_markdown(res: dict[str, Any]) -> str:
         for t in res["targets"]
     ]
     lines += _table(["figure", "value", "target", "result"], rows)
+    return lines
+
+
+def _mimicry_md(res: dict[str, Any]) -> list[str]:
+    """Neural Mimicry per backbone and init."""
+    lines: list[str] = []
     lines += ["", "## Neural Mimicry (CPU, no cache)", ""]
     rows = []
     for b, d in res["mimicry"].items():
@@ -114,6 +120,12 @@ def render_markdown(res: dict[str, Any]) -> str:
             else:
                 rows.append([b, init, r, "", "", "", "", ""])
     lines += _table(["backbone", "init", "s", "peak MB", "min cos", "mean cos", "iters", "projected paper s"], rows)
+    return lines
+
+
+def _train_step_md(res: dict[str, Any]) -> list[str]:
+    """Training-step time of recast and its peers."""
+    lines: list[str] = []
     ts = res["train_step"]
     if isinstance(ts, dict):
         lines += [
@@ -127,6 +139,12 @@ def render_markdown(res: dict[str, Any]) -> str:
             for n, v in ts["median_s"].items()
         ]
         lines += _table(["method", "s/step", "img/s", "task params", "recast / this"], rows)
+    return lines
+
+
+def _inference_md(res: dict[str, Any]) -> list[str]:
+    """Forward time of the plain model and RECAST with and without its weight cache."""
+    lines: list[str] = []
     inf = res["inference"]
     if isinstance(inf, dict):
         lines += ["", f"## Inference (batch {inf['batch']}, median of {inf['repeats']}, interleaved)", ""]
@@ -144,6 +162,12 @@ def render_markdown(res: dict[str, Any]) -> str:
             f"{inf['cache_hit_overhead_ms_per_forward']:.3f} ms per forward, i.e. ratio "
             f"{inf['ratio_cached_from_overhead']:.4f} from the overhead alone.",
         ]
+    return lines
+
+
+def _switch_md(res: dict[str, Any]) -> list[str]:
+    """Task-switch time by parts."""
+    lines: list[str] = []
     sw = res["task_switch"]
     if isinstance(sw, dict):
         lines += ["", f"## Task switch (median of {sw['repeats']})", ""]
@@ -159,6 +183,12 @@ def render_markdown(res: dict[str, Any]) -> str:
                 ]
             ],
         )
+    return lines
+
+
+def _sizes_md(res: dict[str, Any]) -> list[str]:
+    """Per-task size of every method."""
+    lines: list[str] = []
     lines += ["", "## Per-task size (head excluded; bytes = safetensors of task_state)", ""]
     rows = []
     for b, d in res["sizes"].items() if isinstance(res["sizes"], dict) else []:
@@ -175,6 +205,12 @@ def render_markdown(res: dict[str, Any]) -> str:
                 ]
             )
     lines += _table(["backbone", "method", "task params", "bytes", "packed bytes", "head bytes", "shared bytes"], rows)
+    return lines
+
+
+def _loading_md(res: dict[str, Any]) -> list[str]:
+    """Input-pipeline throughput on both paths and the cache size."""
+    lines: list[str] = []
     dl = res["data_loading"]
     lines += ["", "## Data loading", ""]
     if isinstance(dl, dict):
@@ -211,5 +247,13 @@ def render_markdown(res: dict[str, Any]) -> str:
                       f"{dl.get('cache_size_six_pooled')} GiB."]  # fmt: skip
     else:
         lines.append(str(dl))
+    return lines
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    """The summary: machine, targets with pass/fail, then one table per figure."""
+    lines: list[str] = []
+    for section in (_targets_md, _mimicry_md, _train_step_md, _inference_md, _switch_md, _sizes_md, _loading_md):
+        lines += section(res)
     lines += ["", "## GPU", "", str(res["gpu"]) if not isinstance(res["gpu"], dict) else "see perf.json `gpu`", ""]
     return "\n".join(lines)

@@ -56,11 +56,9 @@ def scale_figures(plan: RecastPlan, targets: dict[str, torch.Tensor], templates:
 
 
 def _backbone(name: str, weights: str | None, seed: int = 0):
-    from recast_bench.backbones import build_backbone
+    from recast_bench.perf.models import seeded_backbone
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, spec, _ = build_backbone(name, weights, "/nonexistent", allow_random_init=weights is None)
+    model, spec, _ = seeded_backbone(name, seed, "/nonexistent", weights)
     return model.eval(), spec.family
 
 
