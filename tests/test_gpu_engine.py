@@ -20,7 +20,7 @@ from recast_bench.engine import device as dev
 from recast_bench.engine import learner as learner_mod
 from recast_bench.engine import module as module_mod
 from recast_bench.engine.checkpoint import RunLock
-from recast_bench.engine.evaluate import accuracy
+from recast_bench.engine.evaluate import EvalSetup, accuracy
 from recast_bench.errors import UserError
 
 
@@ -156,11 +156,11 @@ def test_accuracy_counts_on_device_like_torchmetrics():
             return logits[x]
 
     loader = torch.utils.data.DataLoader(list(zip(torch.arange(103), y, strict=True)), batch_size=16)
-    ours = accuracy(Fixed(), 0, loader, 5, torch.device("cpu"))
+    ours = accuracy(Fixed(), 0, loader, 5, EvalSetup(torch.device("cpu")))
     ref = MulticlassAccuracy(num_classes=5, average="micro")(logits, y).item() * 100
     assert ours == pytest.approx(ref, abs=1e-4)
     with pytest.raises(ValueError, match="expected 4"):
-        accuracy(Fixed(), 0, loader, 4, torch.device("cpu"))
+        accuracy(Fixed(), 0, loader, 4)
 
 
 def test_nonfinite_loss_named_without_per_step_sync(run_args, tmp_path, capsys, monkeypatch):

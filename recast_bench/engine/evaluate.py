@@ -108,17 +108,8 @@ def _gather_shards(local: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(
-    model: TaskModel,
-    task_index: int,
-    loader: DataLoader,
-    num_classes: int,
-    device: torch.device,
-    precision: str | None = None,
-    channels_last: bool = False,
-    sharded: bool = False,
-    transform=None,  # noqa: ANN001
+    model: TaskModel, task_index: int, loader: DataLoader, num_classes: int, setup: EvalSetup | None = None
 ) -> float:
-    """Micro-averaged top-1 accuracy in percent of ``model`` with head ``task_index`` over ``loader`` (:func:`predict`
-    with the same settings)."""
-    setup = EvalSetup(device, precision, channels_last, sharded, transform)
-    return predict(model, task_index, loader, num_classes, setup).acc
+    """Micro-averaged top-1 accuracy in percent of ``model`` with head ``task_index`` over ``loader`` (:func:`predict`;
+    ``setup``: on the CPU in full precision when omitted)."""
+    return predict(model, task_index, loader, num_classes, setup or EvalSetup(torch.device("cpu"))).acc

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +24,7 @@ from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_me
 from recast_bench.engine.compile import compile_backbone, eager
 from recast_bench.engine.device import apply_profile, to_channels_last
 from recast_bench.engine.evaluate import EvalSetup, predict, shard_for_rank
-from recast_bench.engine.features import eval_inputs, feature_cache_for, task_inputs
+from recast_bench.engine.features import TaskInputs, eval_inputs, feature_cache_for, task_inputs
 from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.module import TaskModule, count
@@ -104,6 +106,38 @@ def trainable_count(method: Method, model: TaskModel) -> int:
     return count(method.task_parameters(model)) + count(method.shared_parameters(model))
 
 
+@dataclass
+class TaskData:
+    """One task's training inputs: what Lightning fits on, and the loader the method's data-driven hooks get."""
+
+    inputs: TaskInputs
+    train: DataLoader
+    val: DataLoader
+    hook: DataLoader
+    """Model-ready float images for ``on_task_start`` / ``on_task_end`` (RoSA, InfLoRA)."""
+
+
+class EpochSelection:
+    """The epoch selected on val so far (``metric``/``mode``: :meth:`Method.selection`, ties: :func:`selects`),
+    with the state ``snapshot()`` took right after its validation."""
+
+    def __init__(self, metric: str, mode: str, snapshot: Callable[[], dict[str, torch.Tensor]]) -> None:
+        self.metric = metric
+        self.mode = mode
+        self._snapshot = snapshot
+        self.value: float | None = None
+        self.acc: float | None = None
+        """The selected epoch's val accuracy, whatever metric selected it."""
+        self.epoch = -1
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, metrics: dict[str, float]) -> None:
+        """``TaskModule``'s ``on_val``: called after every validation with that epoch's metrics."""
+        if selects(metrics[self.metric], self.value, self.mode):
+            self.value, self.acc, self.epoch = metrics[self.metric], metrics["val/acc"], epoch
+            self.state = self._snapshot()
+
+
 class LightningLearner:
     """Trains each task with Lightning, selects the epoch on val, and restores a task's state to evaluate it."""
 
@@ -143,8 +177,45 @@ class LightningLearner:
         return unfreeze_for_task(self.model, self.method, t)
 
     def fit_task(self, t: int, task: Task) -> dict:
+        """Train task ``t`` (Lightning), restore the epoch selected on val, then the method's ``on_task_end``."""
         m = self.model
         m.active_task = t
+        data = self._prepare(t, task)
+        trainable = self.trainable(t)
+        best = EpochSelection(*self.method.selection(), lambda: self._snapshot(t))
+        module = TaskModule(
+            data.inputs.model(m), self.method, t, task.name, task.num_classes, trainable, self.tcfg, best.offer
+        )
+        module.input_transform = data.inputs.transform
+        timer = StepTimer()
+        callbacks = [timer, *(self.callbacks_factory(t, task) if self.callbacks_factory else [])]
+        trainer = self._trainer(callbacks)
+        start = time.perf_counter()
+        trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
+        train_s = time.perf_counter() - start
+        # Lightning's teardown has moved the module to the CPU: evaluate (and run on_task_end) where it trained.
+        self.device = trainer.strategy.root_device
+        m.to(self.device)
+        if best.state is not None:  # restore the epoch selected on val
+            self._restore_snapshot(t, best.state)
+        m.requires_grad_(False)
+        with eager(m.backbone):  # the documented order (engine/method.py): after the best epoch is restored
+            self.method.on_task_end(m, t, task, data.hook)
+        self._states[t] = self._task_state(t)
+        self._current = t
+        return {
+            "val_acc": best.acc,  # the selected epoch's val accuracy, whatever metric selected it
+            "best_epoch": best.epoch,
+            "train_s": train_s,
+            "timing": timer.summary(),
+            "epochs_wall_s": timer.epochs_wall_s,
+            "trainable_params": trainable_count(self.method, m),
+            "head_params": count(dict(m.heads[head_key(t)].named_parameters())),
+        }
+
+    def _prepare(self, t: int, task: Task) -> TaskData:
+        """Task ``t``'s loaders, the method's ``on_task_start``, its head, and the backbone's layout and compilation."""
+        m = self.model
         # Lightning's DistributedSampler seeds from PL_GLOBAL_SEED (else 0): under DDP every rank must shuffle
         # with the same seed (the shards partition one permutation), and that seed must be the run's.
         os.environ["PL_GLOBAL_SEED"] = str(self.seed + t)
@@ -160,51 +231,20 @@ class LightningLearner:
             to_channels_last(m)
         if self.compiles:  # a head on cached features has nothing worth compiling
             compile_backbone(m.backbone, str(self.tcfg.compile_backend))
-        trainable = self.trainable(t)
-        metric, mode = self.method.selection()
-        best: dict = {"value": None, "acc": None, "epoch": -1, "state": None}
+        return TaskData(inputs, train_loader, val_loader, hook_loader)
 
-        def snapshot() -> dict[str, torch.Tensor]:
-            s = {f"task/{k}": v for k, v in self._task_state(t).items()}
-            if not self.isolates_tasks:
-                s.update({f"shared/{k}": v for k, v in self.method.shared_state(m).items()})
-            return s
+    def _snapshot(self, t: int) -> dict[str, torch.Tensor]:
+        """Task ``t``'s state (and the shared state, for a method that does not isolate tasks) at this epoch."""
+        s = {f"task/{k}": v for k, v in self._task_state(t).items()}
+        if not self.isolates_tasks:
+            s.update({f"shared/{k}": v for k, v in self.method.shared_state(self.model).items()})
+        return s
 
-        def on_val(epoch: int, metrics: dict[str, float]) -> None:
-            if selects(metrics[metric], best["value"], mode):
-                best.update(value=metrics[metric], acc=metrics["val/acc"], epoch=epoch, state=snapshot())
-
-        module = TaskModule(inputs.model(m), self.method, t, task.name, task.num_classes, trainable, self.tcfg, on_val)
-        module.input_transform = inputs.transform
-        timer = StepTimer()
-        callbacks = [timer, *(self.callbacks_factory(t, task) if self.callbacks_factory else [])]
-        trainer = self._trainer(callbacks)
-        start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-        train_s = time.perf_counter() - start
-        # Lightning's teardown has moved the module to the CPU: evaluate (and run on_task_end) where it trained.
-        self.device = trainer.strategy.root_device
-        m.to(self.device)
-        if best["state"] is not None:  # restore the epoch selected on val
-            st = best["state"]
-            self._load_task_state(t, {k[5:]: v for k, v in st.items() if k.startswith("task/")})
-            shared = {k[7:]: v for k, v in st.items() if k.startswith("shared/")}
-            if shared:
-                self.method.load_shared_state(m, shared)
-        m.requires_grad_(False)
-        with eager(m.backbone):
-            self.method.on_task_end(m, t, task, hook_loader)
-        self._states[t] = self._task_state(t)
-        self._current = t
-        return {
-            "val_acc": best["acc"],  # the selected epoch's val accuracy, whatever metric selected it
-            "best_epoch": best["epoch"],
-            "train_s": train_s,
-            "timing": timer.summary(),
-            "epochs_wall_s": timer.epochs_wall_s,
-            "trainable_params": trainable_count(self.method, m),
-            "head_params": count(dict(m.heads[head_key(t)].named_parameters())),
-        }
+    def _restore_snapshot(self, t: int, snap: dict[str, torch.Tensor]) -> None:
+        self._load_task_state(t, {k[5:]: v for k, v in snap.items() if k.startswith("task/")})
+        shared = {k[7:]: v for k, v in snap.items() if k.startswith("shared/")}
+        if shared:
+            self.method.load_shared_state(self.model, shared)
 
     def _trainer(self, callbacks: list) -> L.Trainer:
         tc = self.tcfg
