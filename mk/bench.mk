@@ -9,7 +9,8 @@
 # Each run writes bench/<backbone>-<stream>/<method>-s<seed>/results.json, a make target that is re-run only when
 # missing, incomplete (resumed from its last task) or stale (its command line or one of its conf/ files changed;
 # then it restarts from scratch). A method entry NAME@VARIANT runs NAME with method.<adapter>.variant=VARIANT
-# (RoSA "sparse_mlp" / "full", the paper's two RoSA rows; recast@svd, adaptformer@authors: our extra rows).
+# (RoSA "sparse_mlp" / "full", the paper's two RoSA rows; recast@svd, adaptformer@authors: our extra rows), exactly
+# what `recast-bench run --method NAME@VARIANT` runs.
 # Methods not registered in this checkout are skipped.
 
 BACKBONE ?= vit_small
@@ -51,10 +52,15 @@ BENCH_TINY_EXTRA := ++backbone.allow_random_init=true trainer=tiny trainer.epoch
 	++stream.test_per_class=4 logger=none
 BENCH_EXTRA = $(EXTRA) $(if $(TINY),$(BENCH_TINY_EXTRA))
 
-bench_method = $(firstword $(subst @, ,$(1)))
-bench_variant = $(if $(findstring @,$(1)),method.$(lastword $(subst +, ,$(call bench_method,$(1)))).variant=$(lastword $(subst @, ,$(1))))
+# NAME@VARIANT is split by recast_bench.protocol.rows (the one parser): one word ENTRY:NAME:OVERRIDE:PART,PART per
+# entry, read once per make; bench_method is NAME, bench_variant the override that selects VARIANT (or nothing).
+bench_word = $(subst :, ,$(filter $(1):%,$(BENCH_ROW_WORDS)))
+bench_method = $(word 2,$(call bench_word,$(1)))
+bench_variant = $(filter-out -,$(word 3,$(call bench_word,$(1))))
+bench_parts = $(subst $(comma), ,$(word 4,$(call bench_word,$(1))))
+comma := ,
 bench_confs = $(wildcard conf/config.yaml conf/backbone/$(BACKBONE).yaml conf/stream/$(STREAM).yaml $(BENCH_STREAM_FILE) \
-	conf/trainer/default.yaml recast_bench/protocol/cards/table1.yaml recast_bench/protocol/cards/table2.yaml $(foreach p,$(subst +, ,$(call bench_method,$(1))),conf/method/$(p).yaml))
+	conf/trainer/default.yaml recast_bench/protocol/cards/table1.yaml recast_bench/protocol/cards/table2.yaml $(foreach p,$(call bench_parts,$(1)),conf/method/$(p).yaml))
 bench_incomplete = $(shell f=$(1); test -f "$$f" && ! grep -q '"status": "complete"' "$$f" && echo FORCE)
 
 .PHONY: bench reproduce _bench-run _bench-report FORCE
@@ -62,8 +68,9 @@ FORCE:
 
 bench: $(VENV)/.installed ## run every method of BACKBONE's paper table over STREAM for SEEDS, then report
 	@registered=" $$($(BIN)/recast-bench list | sed -n 's/^methods: *//p') "; want=""; \
-	for m in $(BENCH_METHODS); do \
-	  case "$$registered" in *" $${m%%@*} "*) want="$$want $$m";; *) echo "bench: skipping $$m (not registered)";; esac; \
+	for w in $$($(PY) -m recast_bench.protocol.rows $(BENCH_METHODS)); do \
+	  m=$${w%%:*}; n=$${w#*:}; n=$${n%%:*}; \
+	  case "$$registered" in *" $$n "*) want="$$want $$m";; *) echo "bench: skipping $$m (not registered)";; esac; \
 	done; \
 	[ "$(BENCH_COST)" = 0 ] || $(BIN)/recast-bench cost --backbone $(BACKBONE) --stream $(STREAM) --seeds "$(SEEDS)" \
 	  --runs-per-gpu $(RUNS_PER_GPU) --methods $$want -- $(BENCH_EXTRA) || echo "bench: no cost estimate (see above)"; \
@@ -80,6 +87,7 @@ reproduce: $(VENV)/.installed ## the paper's Tables 1 and 2: both backbones, six
 	$(MAKE) --no-print-directory -f $(BENCH_TOP) bench BACKBONE=vit_small STREAM=six SEEDS="$(PAPER_SEEDS)" BENCH_COST=0
 
 ifdef BENCH_RUN_METHODS
+BENCH_ROW_WORDS := $(shell $(PY) -m recast_bench.protocol.rows $(BENCH_RUN_METHODS))
 BENCH_PAIRS := $(foreach m,$(BENCH_RUN_METHODS),$(foreach s,$(SEEDS),$(m)-s$(s)))
 BENCH_RESULTS := $(foreach p,$(BENCH_PAIRS),$(BENCH_DIR)/$(p)/results.json)
 

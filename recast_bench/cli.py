@@ -10,8 +10,12 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from recast_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # Subcommands owned by other modules: each exposes ``add_parser(subparsers)`` setting ``func`` on its parser.
 SUBCOMMAND_MODULES = (
@@ -40,22 +44,50 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_run_overrides(args: argparse.Namespace) -> list[str]:
-    """Translate ``run`` flags into Hydra overrides; the method name is parsed by ``parse_method_name`` only."""
+    """``run``'s names as Hydra overrides: method parts and variant, backbone, stream, seed, then the user's.
+
+    ``--method NAME@VARIANT`` is split by :func:`recast_bench.protocol.rows.parse_row` and its name by
+    :func:`recast_bench.registry.parse_method_name`; paths are never overrides (see :func:`run_values`).
+    """
+    from recast_bench.protocol.rows import Row, parse_row
     from recast_bench.registry import parse_method_name
 
-    parts = parse_method_name(args.method)
-    ov = [f"method=[{','.join(parts)}]", f"method_name={'+'.join(parts)}"]
+    row = parse_row(args.method)
+    parts = parse_method_name(row.name)
+    name = "+".join(parts)
+    ov = [f"method=[{','.join(parts)}]", f"method_name={name}", *Row(name, row.variant).variant_overrides()]
     if args.backbone:
         ov.append(f"backbone={args.backbone}")
     if args.stream:
         from recast_bench.data.streamfile import stream_overrides
 
         ov += stream_overrides(args.stream)[0]  # a stream file's path never becomes an override
-    if args.out:
-        ov.append(f"out={args.out}")
     if args.seed is not None:
         ov.append(f"seed={args.seed}")
     return ov + list(args.overrides)
+
+
+def run_values(args: argparse.Namespace) -> dict[str, str]:
+    """``run``'s path options, set on the composed config as they are: any legal file name works."""
+    keys = {"out": "out", "weights": "backbone.weights", "data_dir": "paths.data_dir"}
+    return {key: str(getattr(args, opt)) for opt, key in keys.items() if getattr(args, opt, None)}
+
+
+def run_config(args: argparse.Namespace) -> DictConfig:
+    """The composed, validated config of a ``run`` command line (the card applied, nothing built yet)."""
+    from recast_bench.config import compose_config
+    from recast_bench.data.streamfile import is_stream_path, stream_overrides
+
+    _check_group_option("backbone", args.backbone)
+    values = run_values(args)
+    if args.stream and is_stream_path(args.stream):
+        values["stream.file"] = str(stream_overrides(args.stream)[1])  # checked now: a bad stream file is one line
+    else:
+        _check_group_option("stream", args.stream)
+    overrides = build_run_overrides(args)
+    if args.experiment:
+        overrides.insert(0, f"experiment={args.experiment}")  # defaults: optional experiment
+    return compose_config(overrides, values=values)
 
 
 def config_options(group: str) -> list[str]:
@@ -74,23 +106,10 @@ def _check_group_option(group: str, name: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recast_bench.config import compose_config
-    from recast_bench.data.streamfile import attach_stream_file, is_stream_path, stream_overrides
     from recast_bench.engine.loop import run
 
     quiet_libraries()  # here, not in main(): commands that do not train should not pay Lightning's import
-    _check_group_option("backbone", args.backbone)
-    stream_file = None
-    if args.stream and is_stream_path(args.stream):
-        stream_file = stream_overrides(args.stream)[1]  # checked now: a bad stream file is one line
-    else:
-        _check_group_option("stream", args.stream)
-    overrides = build_run_overrides(args)
-    if args.experiment:
-        overrides.insert(0, f"experiment={args.experiment}")  # defaults: optional experiment
-    cfg = compose_config(overrides)
-    attach_stream_file(cfg, stream_file)
-    res = run(cfg)
+    res = run(run_config(args))
     print_summary([res])
     return 0
 
@@ -150,10 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     lp.set_defaults(func=cmd_list)
 
     rp = sub.add_parser("run", help="run one method over a task stream (resumes an existing --out)")
-    rp.add_argument("--method", required=True, help="a method name, or recast+NAME")
+    rp.add_argument(
+        "--method", required=True, help="a method name or recast+NAME, optionally @VARIANT (a bench row: recast@svd)"
+    )
     rp.add_argument("--backbone", help="backbone config (conf/backbone/)")
     rp.add_argument("--stream", help="stream config (conf/stream/) or a stream file of your own tasks (PATH.yaml)")
     rp.add_argument("--out", help="output directory (default runs/<method>-<backbone>-<stream>-s<seed>)")
+    rp.add_argument("--weights", help="backbone weight file (default: DATA_DIR/weights/<backbone>.*)")
+    rp.add_argument("--data-dir", help="data root: datasets, weights and cache (default: data)")
     rp.add_argument("--seed", type=int, help="random seed (default 42; the paper uses 42, 1998, 3142592)")
     rp.add_argument("--experiment", help="an entry of conf/experiment/, e.g. recast_gnk")
     rp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.epochs=5 method.recast.groups=3")

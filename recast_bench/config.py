@@ -28,6 +28,12 @@ class BackboneConfig:
     image_size: int | None = None
     """Input resolution; ``None`` uses the backbone's native size (224, tiny: 32)."""
 
+    def __post_init__(self) -> None:
+        if not str(self.name or ""):
+            raise UserError("backbone.name is empty")
+        if self.image_size is not None:
+            _at_least("backbone.image_size", self.image_size, 8)
+
 
 @dataclass
 class StreamConfig:
@@ -59,6 +65,25 @@ class StreamConfig:
     val_per_class: int = 8
     test_per_class: int = 16
     noise: float = 0.6
+
+    def __post_init__(self) -> None:
+        _one_of("stream.split", self.split, ("official", "pooled"))
+        _one_of("stream.normalization", self.normalization, ("imagenet", "dataset"))
+        if not isinstance(self.val_fraction, int | float) or not 0 < self.val_fraction < 1:
+            raise UserError(f"stream.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        fr = list(self.pooled_fractions)
+        if len(fr) != 3 or any(not isinstance(f, int | float) or f <= 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+            raise UserError(f"stream.pooled_fractions must be 3 positive fractions adding up to 1, got {fr}")
+        for name in ("max_train_per_task", "max_eval_per_task"):
+            if getattr(self, name) is not None:
+                _at_least(f"stream.{name}", getattr(self, name), 1)
+        _at_least("stream.num_tasks", self.num_tasks, 1)
+        for name in ("train_per_class", "val_per_class", "test_per_class"):  # 0: the stream names the empty split
+            _at_least(f"stream.{name}", getattr(self, name), 0)
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 2 for c in self.classes_per_task):
+            raise UserError(f"stream.classes_per_task must be integers >= 2, got {list(self.classes_per_task)}")
+        if not isinstance(self.noise, int | float) or self.noise < 0:
+            raise UserError(f"stream.noise must be >= 0, got {self.noise!r}")
 
 
 @dataclass
@@ -115,6 +140,35 @@ class TrainerConfig:
     """Gradient-norm clip. None here; every Lightning row's protocol card sets the authors' 1.0 (classification
     notebooks), so a run with a card clips and a card-less run (``++protocol.card=none``) does not."""
 
+    def __post_init__(self) -> None:
+        """Every trainer value checked once, before anything runs (a nonsense value is one line, exit 2)."""
+        for name in ("epochs", "lr_step_epochs", "batch_size", "eval_batch_size", "num_nodes",
+                     "check_val_every_n_epoch"):  # fmt: skip
+            _at_least(f"trainer.{name}", getattr(self, name), 1)
+        if self.num_workers is not None:
+            _at_least("trainer.num_workers", self.num_workers, 0)
+        _positive("trainer.lr_gamma", self.lr_gamma)
+        if self.grad_clip is not None:
+            _positive("trainer.grad_clip", self.grad_clip)
+        _one_of("trainer.profile", str(self.profile).lower(), PROFILES)
+        if self.resolved_profile is not None:
+            _one_of("trainer.resolved_profile", self.resolved_profile, PROFILES[1:])
+        _one_of("trainer.accelerator", str(self.accelerator).lower(), ACCELERATORS)
+        if str(self.strategy) not in STRATEGIES:
+            raise UserError(f"trainer.strategy must be auto or a Lightning strategy (ddp, ddp_spawn, fsdp, ...); "
+                            f"got {self.strategy!r}")  # fmt: skip
+        if self.precision is not None:
+            _one_of("trainer.precision", str(self.precision), PRECISIONS)
+        if self.matmul_precision is not None:
+            _one_of("trainer.matmul_precision", self.matmul_precision, ("highest", "high", "medium"))
+        _one_of("trainer.compile_backend", self.compile_backend, COMPILE_BACKENDS)
+        check_devices(self.devices)
+        if self.deterministic is not None and parse_deterministic(self.deterministic) is True and self.cudnn_benchmark:
+            raise UserError(
+                "trainer.cudnn_benchmark=true contradicts trainer.deterministic=true (benchmarking picks conv "
+                "algorithms by timing, so runs differ); use trainer.deterministic=warn or drop trainer.cudnn_benchmark"
+            )
+
 
 @dataclass
 class LoggerConfig:
@@ -127,12 +181,88 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.backend not in ("csv", "wandb", "none"):
+            raise UserError(f"unknown logger.backend {self.backend!r}; valid: csv, wandb, none")
+        _one_of("logger.mode", self.mode, ("offline", "online", "disabled", "shared"))
+
 
 @dataclass
 class PathsConfig:
     data_dir: str = "data"
     weights_dir: str = "${paths.data_dir}/weights"
     cache_dir: str = "${paths.data_dir}/cache"
+
+    def __post_init__(self) -> None:
+        for name in ("data_dir", "weights_dir", "cache_dir"):
+            if not str(getattr(self, name) or ""):
+                raise UserError(f"paths.{name} is empty")
+
+
+PROFILES = ("auto", "cpu", "gpu")
+"""``trainer.profile``: ``auto`` resolves to ``cpu`` or ``gpu`` (engine/device.py)."""
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+"""Lightning's accelerator names (its AcceleratorRegistry plus ``auto`` and ``gpu``; tests/test_config_logging.py)."""
+STRATEGIES = (
+    "auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "ddp_fork",
+    "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+    "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true", "ddp_spawn",
+    "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true", "deepspeed",
+    "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+    "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload", "single_device",
+    "single_tpu", "single_xla", "xla", "xla_debug",
+)  # fmt: skip
+"""Lightning 2.6's StrategyRegistry plus ``auto`` (listed here so that checking a config imports no Lightning)."""
+PRECISIONS = (
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true",
+    "64-true", "64", "32", "16", "bf16",
+)  # fmt: skip
+"""Lightning's precision inputs (``lightning.fabric.connector._PRECISION_INPUT_STR`` and its aliases)."""
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+
+
+def _at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{name} must be >= {low} (an integer), got {value!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise UserError(f"{name} must be > 0, got {value!r}")
+
+
+def _one_of(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise UserError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+def parse_deterministic(value: Any) -> bool | str:
+    """``trainer.deterministic`` as Lightning takes it: True, False or ``"warn"``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    if text == "warn":
+        return "warn"
+    raise UserError(f"trainer.deterministic must be true, false or warn, got {value!r}")
+
+
+def check_devices(devices: Any) -> None:
+    """``trainer.devices`` as Lightning takes it: a count >= 1, -1 (all), ``auto``, a list of indices or "0,1"."""
+    if isinstance(devices, bool):
+        ok = False
+    elif isinstance(devices, int):
+        ok = devices >= 1 or devices == -1
+    elif isinstance(devices, list | tuple) or OmegaConf.is_list(devices):
+        ok = len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    else:
+        text = str(devices).strip()
+        ok = text in ("auto", "-1") or (text.strip(",") != "" and all(p.strip().isdigit() for p in text.split(",")))
+    if not ok:
+        raise UserError(f"trainer.devices must be a count >= 1, -1, auto, a list of indices or '0,1'; got {devices}")
 
 
 GROUPS: dict[str, type] = {
@@ -153,35 +283,72 @@ def validate_group(name: str, cfg: Any, schema: type) -> Any:
     return merged
 
 
-def _force_group_keys(overrides: list[str]) -> list[str]:
-    """``trainer.epochs=5`` -> ``++trainer.epochs=5``.
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split command-line overrides into Hydra's (group choices, ``+``/``++``/``~``, ``hydra.*``) and plain values.
 
-    Group yaml files hold only overrides, so most keys exist only in the dataclasses; Hydra would refuse to set
-    them. Forcing the key in is safe because every group is validated against its dataclass right after.
+    A ``key=value`` override of a value (``trainer.epochs=5``) is parsed with Hydra's own override grammar, so its
+    syntax (lists, quotes, ``null``) is Hydra's, and returned as a value to set on the composed config: the group
+    yaml files hold only the keys they change, so most keys exist only in the dataclasses, and Hydra would refuse to
+    set them. Every group is validated against its dataclass right after (unknown keys, types, values).
     """
-    out = []
-    for ov in overrides:
-        head = ov.split("=", 1)[0]
-        if "=" in ov and "." in head and head.split(".", 1)[0] in (*GROUPS, "method") and not ov.startswith(("+", "~")):
-            ov = "++" + ov
-        out.append(ov)
-    return out
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    parser = OverridesParser.create()
+    hydra_overrides: list[str] = []
+    values: dict[str, Any] = {}
+    for text in overrides:
+        try:
+            ov = parser.parse_override(text)
+        except Exception as e:  # Hydra's grammar errors come in several types
+            raise UserError(f"bad override {text!r}: {str(e).splitlines()[0]}") from None
+        if ov.is_sweep_override():
+            raise UserError(f"override {text!r} is a sweep; run sweeps with python -m recast_bench.sweep -m")
+        key = ov.key_or_group
+        if ov.type != OverrideType.CHANGE or ov.package is not None or key in groups or key.startswith("hydra."):
+            hydra_overrides.append(text)
+        else:
+            values.pop(key, None)  # the last one given wins, and in the order given
+            values[key] = ov.value()
+    return hydra_overrides, values
 
 
-def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides and validate every group."""
+def set_values(cfg: DictConfig, values: dict[str, Any]) -> None:
+    """Set dotted keys on a composed config; a string is taken as it is (a path may hold ``=``, ``,``, spaces)."""
+    for key, value in values.items():
+        parent, _, _ = key.rpartition(".")
+        if parent and OmegaConf.select(cfg, parent, throw_on_missing=False) is None:
+            OmegaConf.update(cfg, parent, {}, force_add=True)  # e.g. ``linear: {}`` composes to None
+        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+
+
+def compose_config(
+    overrides: list[str] | None = None, config_name: str = "config", values: dict[str, Any] | None = None
+) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides, set ``values``, and validate every group.
+
+    ``values`` are dotted keys set on the composed config (beneath the ``key=value`` overrides) and never parsed as
+    overrides: give every path from a command-line option here (``{"out": args.out}``), so any legal file name works.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if not CONF_DIR.is_dir():
         raise UserError(f"config directory {CONF_DIR} not found (set RECAST_BENCH_CONF)")
+    hydra_overrides, parsed = split_overrides(list(overrides or []))
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=_force_group_keys(list(overrides or [])))
+            cfg = compose(config_name=config_name, overrides=hydra_overrides)
     except Exception as e:
-        # show the override as the user typed it, not with the "++" that _force_group_keys added
-        raise UserError(f"bad override: {str(e).splitlines()[0].replace(chr(39) + '++', chr(39))}") from None
+        raise UserError(f"bad override: {str(e).splitlines()[0]}") from None
+    OmegaConf.set_struct(cfg, False)
+    for key, value in (values or {}).items():
+        if isinstance(value, str) and "${" in value:  # OmegaConf would read it as an interpolation, at every access
+            raise UserError(f"{key} {value!r} contains '${{', which the config cannot hold literally; rename it")
+    set_values(cfg, dict(values or {}))
+    set_values(cfg, parsed)  # after the options' values: an override on the command line wins, as in Hydra
     return finish_config(cfg)
 
 
@@ -197,7 +364,19 @@ def finish_config(cfg: DictConfig) -> DictConfig:
         OmegaConf.resolve(cfg)
     except Exception as e:
         raise UserError(f"bad config interpolation: {str(e).splitlines()[0]}") from None
+    for name in GROUPS:
+        OmegaConf.to_object(cfg[name])  # runs each dataclass's __post_init__ on the resolved values
+    check_run_keys(cfg)
     return cfg
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    """The top-level keys of conf/config.yaml (no dataclass of their own)."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed must be an integer >= 0, got {seed!r}")
+    if not str(cfg.get("out") or ""):
+        raise UserError("out is empty: give --out DIR")
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -112,3 +112,105 @@ def test_every_help_is_written_for_users():
         assert ":class:" not in text and ":func:" not in text, name
         assert "subcommand" not in (parser.description or "").lower(), f"{name}: a module docstring as description"
         assert parser.description, f"{name} --help has no description"
+
+
+def test_paths_are_never_parsed_as_overrides(run_args, tmp_path):
+    """``--out``, ``--data-dir`` and ``--weights`` take any legal file name: '=', ',' and spaces included."""
+    import json
+
+    from recast_bench.cli import build_parser, run_config
+
+    out = tmp_path / "runs" / "lr=2e-3, bs=8 x"
+    argv = [a for a in run_args(out=out) if not a.startswith("paths.data_dir=")]  # given as --data-dir below
+    data = tmp_path / "data=1, y"
+    assert main([*argv, "--data-dir", str(data)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["out"] == str(out) and res["config"]["paths"]["data_dir"] == str(data)
+    weights = tmp_path / "w=1, z.safetensors"
+    args = build_parser().parse_args(["run", "--method", "linear", "--weights", str(weights), "--out", str(out)])
+    assert run_config(args).backbone.weights == str(weights)
+
+
+def test_overrides_are_hydra_syntax_set_after_composition():
+    """Group choices go to Hydra; ``key=value`` is parsed by Hydra's grammar and set on the composed config."""
+    from recast_bench.config import compose_config, split_overrides
+
+    hydra, values = split_overrides(["trainer=tiny", "trainer.epochs=3", "++x.y=1", "stream.tasks=[a,b]", "seed=7"])
+    assert hydra == ["trainer=tiny", "++x.y=1"]
+    assert values == {"trainer.epochs": 3, "stream.tasks": ["a", "b"], "seed": 7}
+    cfg = compose_config(["method=[linear]", "trainer=tiny", "trainer.epochs=3"], values={"trainer.epochs": 9})
+    assert cfg.trainer.epochs == 3 and cfg.trainer.batch_size == 16, "an override wins over a path option's value"
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("trainer.epochs=-3", "trainer.epochs must be >= 1"),
+        ("trainer.batch_size=0", "trainer.batch_size must be >= 1"),
+        ("trainer.eval_batch_size=0", "trainer.eval_batch_size must be >= 1"),
+        ("trainer.lr_step_epochs=0", "trainer.lr_step_epochs must be >= 1"),
+        ("trainer.lr_gamma=0", "trainer.lr_gamma must be > 0"),
+        ("trainer.grad_clip=-1", "trainer.grad_clip must be > 0"),
+        ("trainer.precision=17", "trainer.precision must be one of"),
+        ("trainer.strategy=ddpp", "trainer.strategy must be auto or a Lightning strategy"),
+        ("trainer.accelerator=quantum", "trainer.accelerator must be one of"),
+        ("trainer.profile=fast", "trainer.profile must be one of"),
+        ("trainer.devices=0", "trainer.devices must be"),
+        ("trainer.num_workers=-1", "trainer.num_workers must be >= 0"),
+        ("trainer.matmul_precision=low", "trainer.matmul_precision must be one of"),
+        ("trainer.deterministic=maybe", "trainer.deterministic must be true, false or warn"),
+        ("trainer.compile_backend=nope", "trainer.compile_backend must be one of"),
+        ("stream.val_fraction=1.5", "stream.val_fraction must be in (0, 1)"),
+        ("stream.pooled_fractions=[0.5,0.5,0.5]", "stream.pooled_fractions must be 3 positive"),
+        ("stream.split=random", "stream.split must be one of"),
+        ("backbone.image_size=4", "backbone.image_size must be >= 8"),
+        ("logger.mode=loud", "logger.mode must be one of"),
+        ("seed=-1", "seed must be"),
+        ("trainer.epochs=1,2", "is a sweep"),
+    ],
+)
+def test_nonsense_values_are_one_line_exit_2(override, needle, capsys, tmp_path):
+    assert main(["run", "--method", "linear", "--out", str(tmp_path / "o"), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_trainer_choices_are_lightnings():
+    """The names TrainerConfig accepts without importing Lightning are Lightning's own."""
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from recast_bench.config import ACCELERATORS, PRECISIONS, STRATEGIES
+
+    assert set(STRATEGIES) == {"auto", *StrategyRegistry.available_strategies()}
+    assert set(PRECISIONS) == {*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)}
+    assert set(AcceleratorRegistry.available_accelerators()) <= set(ACCELERATORS)
+
+
+@pytest.mark.parametrize(
+    ("entry", "name", "variant", "overrides"),
+    [
+        ("recast", "recast", None, []),
+        ("recast@svd", "recast", "svd", ["method.recast.variant=svd"]),
+        ("recast+rosa@full", "recast+rosa", "full", ["method.rosa.variant=full"]),
+        (" adaptformer@authors ", "adaptformer", "authors", ["method.adaptformer.variant=authors"]),
+    ],
+)
+def test_parse_row(entry, name, variant, overrides):
+    from recast_bench.protocol.rows import parse_row
+
+    row = parse_row(entry)
+    assert (row.name, row.variant, row.variant_overrides(), row.id) == (name, variant, overrides, entry.strip())
+
+
+@pytest.mark.parametrize("entry", ["recast@", "@svd", "recast@a@b", "recast@s=1", ""])
+def test_parse_row_refuses_malformed_entries(entry):
+    from recast_bench.errors import UserError
+    from recast_bench.protocol.rows import parse_row
+
+    with pytest.raises(UserError, match="malformed"):
+        parse_row(entry)

@@ -2,9 +2,10 @@
 
 For each card:
 
-* ``values``: ``recast-bench run --method NAME --backbone B`` (plus the row's variant, as ``make bench`` runs it)
-  composes a config whose trainer, built method config(s) and resolved Neural Mimicry settings hold exactly the
-  card's values, records the card id, and reports no departure (``protocol.overridden`` / ``unapplied`` empty);
+* ``values``: ``recast-bench run --method ROW --backbone B`` (``ROW``: the card's id, ``NAME[@VARIANT]``, the entry
+  ``make bench`` runs) composes a config whose trainer, built method config(s) and resolved Neural Mimicry settings
+  hold exactly the card's values, records the card id, and reports no departure (``protocol.overridden`` /
+  ``unapplied`` empty);
 * ``count``: the method built on the real architecture (random weights, no training, no mimicry iterations: counts
   do not depend on them) trains exactly the card's per-task count, head excluded.
 
@@ -32,19 +33,13 @@ RECORDED_ONLY = {"mimic.optimizer", "mimic.keep"}
 """Procedure facts with no config field (RMSprop, the lowest-loss copy): A's mimicry tests check them."""
 
 
-def _variant_args(card: Card) -> list[str]:
-    if "@" not in card.id:
-        return []
-    return [f"method.{card.parts[-1]}.variant={card.variant}"]
-
-
 def _cli_config(card: Card, backbone: str, extra: list[str] = ()):  # noqa: ANN202
-    """The config ``recast-bench run --method ... --backbone ...`` composes (the CLI's own override builder)."""
-    from recast_bench.cli import build_parser, build_run_overrides
+    """The config ``recast-bench run --method ROW_ID --backbone ...`` composes (``recast@svd`` as the row's id)."""
+    from recast_bench.cli import build_parser, run_config
 
-    args = build_parser().parse_args(["run", "--method", card.method, "--backbone", backbone])
-    args.overrides = [*_variant_args(card), *extra]
-    return compose_config(build_run_overrides(args))
+    args = build_parser().parse_args(["run", "--method", card.id, "--backbone", backbone])
+    args.overrides = list(extra)
+    return run_config(args)
 
 
 def _engine_values(card: Card, cfg) -> dict[str, object]:  # noqa: ANN001
@@ -191,6 +186,21 @@ def test_bench_runs_exactly_the_cards(tmp_path) -> None:
                 cwd=CONF_DIR.parent, capture_output=True, text=True, check=True,
             ).stdout.split()  # fmt: skip
             assert out == [c.id for c in load(file)[1]]
+    assert "subst @" not in text, "NAME@VARIANT is split by recast_bench.protocol.rows only"
+    if shutil.which("make"):
+        from recast_bench.protocol.rows import parse_row
+
+        entries = ["recast@svd", "linear", "recast+rosa@full", "adaptformer@authors"]
+        probe.write_text(
+            "probe:\n\t@echo $(foreach e,$(BENCH_RUN_METHODS),$(call bench_method,$(e))/$(call bench_variant,$(e)))\n"
+        )
+        out = subprocess.run(
+            ["make", "-s", "--no-print-directory", "-f", "Makefile", "-f", str(probe), "probe",
+             f"BENCH_RUN_METHODS={' '.join(entries)}", f"BENCH_ROOT={tmp_path}"],
+            cwd=CONF_DIR.parent, capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        rows = [parse_row(e) for e in entries]
+        assert out == [f"{r.name}/{''.join(r.variant_overrides())}" for r in rows]
 
 
 def test_runs_record_the_card_and_user_overrides_win() -> None:

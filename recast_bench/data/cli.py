@@ -124,16 +124,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from recast_bench.data.stream import SPLITS, build_stream
     from recast_bench.data.streamfile import attach_stream_file, stream_overrides
 
-    cache_dir = args.cache_dir or str(Path(args.data_dir) / "cache")
     stream, stream_file = stream_overrides(args.stream)  # a stream file's path is never parsed as an override
-    overrides = [*stream, f"paths.data_dir={args.data_dir}", f"paths.cache_dir={cache_dir}"]
+    overrides = list(stream)
     if args.tasks:
         overrides.append(f"stream.tasks=[{args.tasks}]")
     overrides += list(args.overrides)
-    cfg = compose_config(overrides)
+    keys = {"data_dir": "paths.data_dir", "cache_dir": "paths.cache_dir", "root": "stream.root"}
+    paths = {key: str(getattr(args, opt)) for opt, key in keys.items() if getattr(args, opt)}  # set, never parsed
+    cfg = compose_config(overrides, values=paths)
     attach_stream_file(cfg, stream_file)
-    if args.root:
-        cfg.stream.root = str(args.root)
+    cache_dir = str(cfg.paths.cache_dir)
     if not cfg.stream.cache:
         raise UserError("stream.cache=false: there is no cache to prepare")
     for size in args.image_size:
@@ -199,7 +199,7 @@ def add_parser(subparsers) -> None:  # noqa: ANN001 (argparse's private _SubPars
     r.add_argument(
         "--image-size", type=int, nargs="+", default=[224], help="model input size(s) to prepare for (default: 224)"
     )
-    r.add_argument("--data-dir", default="data", help="as paths.data_dir (default: data)")
+    r.add_argument("--data-dir", default=None, help="as paths.data_dir (default: data)")
     r.add_argument("--root", default=None, help="dataset root (default: the data dir)")
     r.add_argument("--cache-dir", default=None, help="as paths.cache_dir (default: DATA_DIR/cache)")
     r.add_argument("--tasks", default=None, help="comma-separated subset of the stream's tasks (default: all)")

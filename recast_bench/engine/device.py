@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from recast_bench.config import parse_deterministic
 from recast_bench.errors import UserError
 from recast_bench.perf.smi import _SMI_GPUS  # noqa: F401 (nvidia-smi is asked in one place: perf/smi.py)
 from recast_bench.perf.smi import gpu_names as nvidia_smi_gpus
@@ -47,7 +48,6 @@ from recast_bench.slot import RUNS_PER_NODE_ENV  # set by the bench slot launche
 CUBLAS_WORKSPACE = ":4096:8"
 """cuBLAS needs this before its first call for deterministic GEMMs (torch checks it once, at that call)."""
 
-PROFILES = ("auto", "cpu", "gpu")
 MAX_WORKERS = 8
 
 
@@ -76,9 +76,7 @@ def uses_cuda(tcfg: Any) -> bool:
 
 
 def choose_profile(tcfg: Any) -> str:
-    profile = str(getattr(tcfg, "profile", "auto") or "auto").lower()
-    if profile not in PROFILES:
-        raise UserError(f"trainer.profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    profile = str(getattr(tcfg, "profile", "auto") or "auto").lower()  # checked by TrainerConfig.__post_init__
     if profile != "auto":
         return profile
     return "gpu" if uses_cuda(tcfg) else "cpu"
@@ -126,13 +124,9 @@ def apply_profile(tcfg: Any, family: str) -> str:
     for key, value in profile_values(profile, family, gpus).items():
         if getattr(tcfg, key, None) is None:
             setattr(tcfg, key, value)
-    tcfg.deterministic = parse_deterministic(tcfg.deterministic)
-    if int(tcfg.num_workers) < 0:
-        raise UserError(f"trainer.num_workers must be >= 0, got {tcfg.num_workers}")
+    tcfg.deterministic = parse_deterministic(tcfg.deterministic)  # values checked by TrainerConfig.__post_init__
     if int(tcfg.num_workers) == 0:
         tcfg.persistent_workers = False  # torch refuses persistent workers without workers
-    if tcfg.matmul_precision not in ("highest", "high", "medium"):
-        raise UserError(f"trainer.matmul_precision must be highest, high or medium, got {tcfg.matmul_precision!r}")
     if getattr(tcfg, "cudnn_benchmark", None) is None:
         tcfg.cudnn_benchmark = tcfg.deterministic is not True  # see the module docstring
     elif tcfg.cudnn_benchmark and tcfg.deterministic is True:
@@ -142,19 +136,6 @@ def apply_profile(tcfg: Any, family: str) -> str:
         )
     tcfg.resolved_profile = profile
     return profile
-
-
-def parse_deterministic(value: Any) -> bool | str:
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    if text == "warn":
-        return "warn"
-    raise UserError(f"trainer.deterministic must be true, false or warn, got {value!r}")
 
 
 def set_backend_flags(tcfg: Any) -> None:
