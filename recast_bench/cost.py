@@ -36,6 +36,7 @@ from recast_bench.errors import UserError
 from recast_bench.perf import mfu as M
 from recast_bench.perf.flops import StepFlops, load_table, row_flops
 from recast_bench.perf.work import TaskSize, Work, lightning_work, row_work, settings_of
+from recast_bench.protocol.rows import parse_row
 
 FIXED = {"epoch_fixed_s": 0.2, "val_fixed_s": 0.1, "task_fixed_s": 5.0, "run_start_s": 20.0}
 """Modelled fixed seconds. Per epoch and per validation beyond their images: persistent workers are not respawned, but
@@ -79,7 +80,7 @@ FAMILY_FACTOR = {"frozen": 1.0, "full": 1.0, "peft": 1.0, "replay": 2.0, "prompt
 
 def family(method: str) -> str:
     """gpu-check's coarse throughput class of ``method`` (its case budget); the estimate uses counted FLOPs."""
-    return FAMILIES.get(method.split("@", 1)[0], "peft")
+    return FAMILIES.get(parse_row(method).name, "peft")
 
 
 # ---- figures ------------------------------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ class Row:
     """``linear`` on cached features (False: the basis's every epoch through the frozen backbone)."""
 
     def work(self, sizes: list[TaskSize]) -> Work:
-        if not self.features and self.method.split("@", 1)[0] == "linear":
+        if not self.features and parse_row(self.method).name == "linear":
             return lightning_work(self.method, sizes, self.epochs, self.flops, self.full, self.settings)
         return row_work(self.method, sizes, self.epochs, self.flops, self.full, self.settings)
 
@@ -289,8 +290,8 @@ def card_epochs(method: str, backbone: str, default: int) -> int:
     """Epochs per task of a bench entry as its protocol card sets them (InfLoRA: the paper's 10), else ``default``."""
     from recast_bench.protocol.cards import family_of, find
 
-    name, _, variant = method.partition("@")
-    card = find(name, family_of(backbone), [variant or None])
+    row = parse_row(method)
+    card = find(row.name, family_of(backbone), [row.variant])
     value = card.values.get("trainer.epochs") if card is not None else None
     return int(value.value) if value is not None else default
 
@@ -336,7 +337,7 @@ def estimate(rows: list[Row], sizes: list[TaskSize], seeds: int, backbone: str, 
         w = r.work(sizes).without(drop) if drop else r.work(sizes)
         hours = run_seconds(w, figures, runs_per_gpu) / 3600.0
         gain = figures.gain.get(runs_per_gpu) or max(figures.gain.values())
-        linear = r.method.split("@", 1)[0] == "linear"
+        linear = parse_row(r.method).name == "linear"
         # linear's features are computed once per backbone; each further seed only starts and trains heads on them
         again = (figures.run_start_s + w.tasks * figures.task_fixed_s) / gain / 3600.0
         total = hours + (seeds - 1) * again if linear else hours * seeds
@@ -390,7 +391,7 @@ def contributions(rows: list[Row], sizes: list[TaskSize], seeds: int, backbone: 
         return replace(base, tflops={k: v / f for k, v in base.tflops.items()},
                        eval_tflops={k: v / f for k, v in base.eval_tflops.items()})  # fmt: skip
 
-    methods = {r.method.split("@", 1)[0] for r in rows}
+    methods = {parse_row(r.method).name for r in rows}
     out = [(f"modelled estimate ({runs_per_gpu} per GPU, compile {'on' if compiled else 'off'})", hours(base), "")]
     out += [(what, hours(modelled(bb, compiled, alt)), why) for what, alt, why in _mfu_alternatives(bb, mfu)]
     out += [

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from recast_bench.cost import DEFAULT_EVAL_IMG_S, DEFAULT_TRAIN_IMG_S, FAMILY_FACTOR, family
+from recast_bench.protocol.rows import parse_row
 
 VIT_METHODS = (
     "linear", "recast", "recast+adaptformer", "melo", "dora", "rosa@sparse_mlp", "rosa@full", "recast+rosa@sparse_mlp",
@@ -76,17 +77,14 @@ class Case:
 
     @property
     def method_name(self) -> str:
-        return self.method.split("@", 1)[0]
+        return parse_row(self.method).name
 
     @property
     def bb_family(self) -> str:
         return "resnet" if "resnet" in self.backbone else "vit"
 
     def variant_overrides(self) -> list[str]:
-        if "@" not in self.method:
-            return []
-        adapter = self.method_name.split("+")[-1]
-        return [f"method.{adapter}.variant={self.method.split('@', 1)[1]}"]
+        return parse_row(self.method).variant_overrides()
 
 
 def plan(gpus: int, tiny: bool, compiled: bool = False, compile_all: bool = False) -> list[Case]:

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recast_bench.protocol.rows import parse_row
+
 BATCHES = (2, 3)
 """Two batch sizes solve per-image and per-step FLOPs (training BatchNorm needs more than one value per channel: a
 tiny ResNet's last stage is 1x1)."""
@@ -171,9 +173,8 @@ def _compose(card: Any, backbone: str, extra: list[str]) -> Any:
     from recast_bench.cli import build_parser, build_run_overrides
     from recast_bench.config import compose_config
 
-    args = build_parser().parse_args(["run", "--method", card.method, "--backbone", backbone])
-    variant = [f"method.{card.parts[-1]}.variant={card.variant}"] if "@" in card.id else []
-    args.overrides = [*variant, *extra]
+    args = build_parser().parse_args(["run", "--method", card.id, "--backbone", backbone])  # NAME@VARIANT: the CLI's
+    args.overrides = list(extra)
     return compose_config(build_run_overrides(args))
 
 
@@ -340,8 +341,8 @@ def count_entry(entry: str, backbone: str) -> StepFlops:
     spec = get_spec(backbone)
     if entry == "full":
         return count_row(lambda: _full_row(spec.name), spec.image_size)
-    name, _, variant = entry.partition("@")
-    card = by_id(entry, family_of(backbone)) or Entry(entry, name, variant or None)
+    row = parse_row(entry)
+    card = by_id(entry, family_of(backbone)) or Entry(row.id, row.name, row.variant)
     return count_row(row_builder(card, spec.name), spec.image_size)
 
 

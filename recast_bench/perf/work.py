@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recast_bench.perf.flops import StepFlops
+from recast_bench.protocol.rows import parse_row
 
 EWC_OPS = 1210
 """aten ops of avalanche's EWC penalty (forward 550 + backward 660) per earlier experience per training step on
@@ -138,7 +139,7 @@ def lightning_work(method: str, sizes: list[TaskSize], epochs: int, row: StepFlo
                    s: Settings) -> Work:  # fmt: skip
     w = Work(epochs=epochs * len(sizes), val_passes=epochs * len(sizes), tasks=len(sizes))
     step, ev = row.train(s.batch), row.eval_image(s.eval_batch)
-    parts = method.split("@", 1)[0].split("+")
+    parts = parse_row(method).parts
     for z, tested in zip(sizes, seen_test(sizes), strict=True):
         w.add("train", epochs * z.train, step, "compiled")
         w.eval["compiled"] += (epochs * z.val + tested) * ev
@@ -194,14 +195,14 @@ def settings_of(method: str, backbone: str, overrides: dict[str, Any] | None = N
     from recast_bench.protocol.cards import family_of, find
     from recast_bench.registry import METHODS, load_all
 
-    name, _, variant = method.partition("@")
-    card = find(name, family_of(backbone), [variant or None])
+    row = parse_row(method)
+    card = find(row.name, family_of(backbone), [row.variant])
     values = {k: v.value for k, v in (card.values if card else {}).items()} | (overrides or {})
     load_all()
     defaults = TrainerConfig()
     out = Settings(batch=int(values.get("trainer.batch_size", defaults.batch_size)),
                    eval_batch=int(values.get("trainer.eval_batch_size", defaults.eval_batch_size)))  # fmt: skip
-    for part in name.split("+"):
+    for part in row.parts:
         if part not in METHODS:
             continue
         cfg = METHODS.get(part).Config()
