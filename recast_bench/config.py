@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from recast_bench.errors import UserError
 
-CONF_DIR = Path(os.environ.get("RECAST_BENCH_CONF", Path(__file__).resolve().parents[1] / "conf"))
+
+def _conf_dir() -> Path:
+    """The config groups: ``$RECAST_BENCH_CONF``, else the package's ``conf`` (``recast_bench/conf`` is a link to the
+    checkout's top-level ``conf/``, so a wheel carries the files), else the checkout's ``conf/`` (a checkout whose
+    git made the link a plain file, as on Windows without symlinks)."""
+    if os.environ.get("RECAST_BENCH_CONF"):
+        return Path(os.environ["RECAST_BENCH_CONF"])
+    packaged = Path(str(resources.files("recast_bench") / "conf"))
+    return packaged.resolve() if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 @dataclass
