@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recast_bench.engine.fold import Foldable
 from recast_bench.errors import UserError
 
 QKV_PARTS = ("q", "k", "v")
@@ -103,7 +104,7 @@ def task_generator(seed: int, task_index: int, salt: int = 0) -> torch.Generator
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(task_index) * 1009 + int(salt))
 
 
-class RowAdaptedLinear(nn.Module):
+class RowAdaptedLinear(Foldable, nn.Module):
     """``y = x W'^T + b`` where ``W'`` replaces the rows of selected parts of ``base.weight``.
 
     ``parts`` maps a role (``q``, ``fc1``, ... or ``all`` for a plain layer) to its ``(start, stop)`` output rows.
@@ -188,6 +189,9 @@ class RowAdaptedLinear(nn.Module):
         if cursor < w.shape[0]:
             chunks.append(w[cursor:])
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.effective_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.base.weight  # read once: a generated weight is built once per forward

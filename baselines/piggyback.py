@@ -55,6 +55,7 @@ from torch import nn
 
 from baselines._resnet import conv_forward, is_conv_like, is_linear_like, linear_forward, resnet_convs, set_submodule
 from baselines._vit import task_generator
+from recast_bench.engine.fold import Foldable
 from recast_bench.engine.method import Method, MethodConfig
 from recast_bench.errors import UserError
 from recast_bench.registry import METHODS
@@ -138,7 +139,7 @@ def is_generated(layer: nn.Module) -> bool:
     return not isinstance(layer, (nn.Conv2d, nn.Linear))
 
 
-class PiggybackLayer(nn.Module):
+class PiggybackLayer(Foldable, nn.Module):
     """Wraps a conv or linear (plain or RECAST-generated) and masks its weight elementwise with a binary mask."""
 
     def __init__(self, base: nn.Module, mask_init: float, threshold: float, init: str = "official") -> None:
@@ -174,6 +175,10 @@ class PiggybackLayer(nn.Module):
 
     def binary_mask(self) -> torch.Tensor:
         return self.mask > self.threshold
+
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight masked by the task's binary mask (exactly 0/1)."""
+        return self.base.weight * self.binary_mask().to(self.base.weight.dtype)
 
     def reset_mask(self, generator: torch.Generator | None = None) -> None:
         """Official: every entry at ``mask_init``. recast_authors: the authors' random init (module docstring)."""

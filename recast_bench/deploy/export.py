@@ -89,68 +89,21 @@ def export_task(run: LoadedRun, task: str, out: str | Path, force: bool = False)
     info = run.task(task)
     check_out_dir(out, force)
     run.activate(task)
-    backbone = merged_copy(run.model.backbone)
+    backbone = merged_copy(run.model.backbone)  # every layer that owns a merge folds itself (engine/fold.py)
     head = copy.deepcopy(run.model.heads[head_key(info.index)]).eval()
     arch = architecture(run.backbone_name, info.num_classes)
     x = _sample_inputs(run, info.index)
     with torch.no_grad():
         expected = run.logits(x, task)
-
-    meta: dict[str, Any] = {
-        "task": info.name,
-        "task_index": info.index,
-        "method": run.method_name,
-        "backbone": run.backbone_name,
-        "num_classes": info.num_classes,
-        "class_names": info.class_names,
-        "preprocessing": _preprocessing(run, info.index),
-        "run": str(run.dir),
-        "fingerprint": run.results.get("fingerprint"),
-    }
-    plain, reason = None, None
-    if arch is None:
-        reason = f"backbone {run.backbone_name} has no stock timm/torchvision constructor"
-        from recast_bench.backbones import get_spec
-
-        extra = leftover(backbone, get_spec(run.backbone_name).build())  # against the unadapted architecture
-        if extra:
-            reason += f", and {', '.join(extra)} (extra computation that does not fold into plain layers)"
-    else:
-        plain = build_plain(arch).eval()
-        left = leftover(backbone, plain)
-        if left:
-            reason = f"{', '.join(left)} (extra computation that does not fold into the stock layers)"
-            plain = None
-
+    meta = _meta(run, info)
+    plain, reason = _stock_model(run, backbone, arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if plain is not None:
-            from safetensors.torch import save_file
-
-            state = {k: v.detach().clone().contiguous() for k, v in backbone.state_dict().items()}
-            prefix = classifier_prefix(arch)
-            state.update({prefix + k: v.detach().clone().contiguous() for k, v in head.state_dict().items()})
-            try:
-                plain.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise RuntimeError(f"merged {run.method_name} state does not fit {arch['constructor']}: {e}") from e
-            with torch.no_grad():
-                got = plain(x)
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"task": info.name, "format": "state_dict"})
-            meta |= {"format": "state_dict", "weights": WEIGHTS_FILE, "architecture": arch}
-            meta["load"] = snippet(arch, WEIGHTS_FILE, META_FILE)
+            got = _write_state_dict(run, plain, arch or {}, TaskNet(backbone, head), x, staging, meta)
         else:
-            program = export_program(TaskNet(backbone, head).eval(), x)
-            torch.export.save(program, str(staging / PROGRAM_FILE))
-            with torch.no_grad():
-                got = torch.export.load(str(staging / PROGRAM_FILE)).module()(x)
-            meta |= {"format": "torch.export", "program": PROGRAM_FILE, "architecture": arch, "why_program": reason}
-            meta["load"] = (
-                "import torch\n"
-                f'model = torch.export.load("{PROGRAM_FILE}").module()\n'
-                f"logits = model(images)  # images: {meta['preprocessing']['input']}\n"
-            )
+            got = _write_program(TaskNet(backbone, head).eval(), x, staging, meta, (arch, reason))
         diff = float((got - expected).abs().max())
         if not diff <= TOLERANCE:
             raise RuntimeError(f"export of {info.name} differs from the run's model by {diff:.3g} (> {TOLERANCE})")
@@ -163,6 +116,76 @@ def export_task(run: LoadedRun, task: str, out: str | Path, force: bool = False)
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return meta
+
+
+def _meta(run: LoadedRun, info: Any) -> dict[str, Any]:  # noqa: ANN401 (the run's task info)
+    return {
+        "task": info.name,
+        "task_index": info.index,
+        "method": run.method_name,
+        "backbone": run.backbone_name,
+        "num_classes": info.num_classes,
+        "class_names": info.class_names,
+        "preprocessing": _preprocessing(run, info.index),
+        "run": str(run.dir),
+        "fingerprint": run.results.get("fingerprint"),
+    }
+
+
+def _stock_model(run: LoadedRun, backbone: nn.Module, arch: dict | None) -> tuple[nn.Module | None, str | None]:
+    """The stock constructor's model when the merged ``backbone`` is plain; else ``None`` and why a program."""
+    if arch is None:
+        reason = f"backbone {run.backbone_name} has no stock timm/torchvision constructor"
+        from recast_bench.backbones import get_spec
+
+        extra = leftover(backbone, get_spec(run.backbone_name).build())  # against the unadapted architecture
+        if extra:
+            reason += f", and {', '.join(extra)} (extra computation that does not fold into plain layers)"
+        return None, reason
+    plain = build_plain(arch).eval()
+    left = leftover(backbone, plain)
+    if left:
+        return None, f"{', '.join(left)} (extra computation that does not fold into the stock layers)"
+    return plain, None
+
+
+def _write_state_dict(
+    run: LoadedRun, plain: nn.Module, arch: dict, net: TaskNet, x: torch.Tensor, staging: Path, meta: dict
+) -> torch.Tensor:
+    """``model.safetensors`` that ``plain`` (the stock model) loads strictly; its logits on ``x``."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().clone().contiguous() for k, v in net.backbone.state_dict().items()}
+    prefix = classifier_prefix(arch)
+    state.update({prefix + k: v.detach().clone().contiguous() for k, v in net.head.state_dict().items()})
+    try:
+        plain.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"merged {run.method_name} state does not fit {arch['constructor']}: {e}") from e
+    with torch.no_grad():
+        got = plain(x)
+    save_file(state, str(staging / WEIGHTS_FILE), metadata={"task": meta["task"], "format": "state_dict"})
+    meta |= {"format": "state_dict", "weights": WEIGHTS_FILE, "architecture": arch}
+    meta["load"] = snippet(arch, WEIGHTS_FILE, META_FILE)
+    return got
+
+
+def _write_program(
+    net: TaskNet, x: torch.Tensor, staging: Path, meta: dict, why: tuple[dict | None, str | None]
+) -> torch.Tensor:
+    """``model.pt2``, a torch.export program of ``net``; the reloaded program's logits on ``x``. ``why``: the stock
+    architecture (if any) and why it could not be used."""
+    arch, reason = why
+    torch.export.save(export_program(net, x), str(staging / PROGRAM_FILE))
+    with torch.no_grad():
+        got = torch.export.load(str(staging / PROGRAM_FILE)).module()(x)
+    meta |= {"format": "torch.export", "program": PROGRAM_FILE, "architecture": arch, "why_program": reason}
+    meta["load"] = (
+        "import torch\n"
+        f'model = torch.export.load("{PROGRAM_FILE}").module()\n'
+        f"logits = model(images)  # images: {meta['preprocessing']['input']}\n"
+    )
+    return got
 
 
 def export_program(net: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

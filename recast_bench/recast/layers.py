@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recast_bench.engine.fold import Foldable
+
 
 class TemplateBank(nn.Module):
     """``n`` templates of one weight shape, shared by every module of a group (paper: ``tau_g``)."""
@@ -79,7 +81,7 @@ class TemplateBank(nn.Module):
         return f"templates={self.num_templates}, shape={self.weight_shape}"
 
 
-class _Reparam(nn.Module):
+class _Reparam(Foldable, nn.Module):
     """Shared logic: coefficients, the generated ``weight`` property and its never-stale inference cache."""
 
     def __init__(self, bank: TemplateBank, num_sets: int, bias: torch.Tensor | None) -> None:
@@ -94,6 +96,10 @@ class _Reparam(nn.Module):
         self.cache_weight = True
         """Reuse the generated weight while gradients are off and neither coefficients nor templates changed."""
         self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def merged_weight(self) -> torch.Tensor:
+        """The generated weight, freshly (not from the inference cache)."""
+        return self.bank.generate(self.coefficients)
 
     @property
     def num_sets(self) -> int:
