@@ -104,6 +104,7 @@ def test_cpu_form_every_case_passes(tmp_path, capsys):
         elif r["status"] == "pass":
             assert r["tasks_done"] == r["tasks"] == 2 and r["exit_code"] == 0 and r["wall_s"] > 0
             assert r["peak_rss_mb"] > 0 and r["eval_devices"] == ["cpu"], r["case"]
+            assert r["batch_size"] == 8, r["case"]  # the run's resolved batch (the CPU form's), for cost_inputs
             if r["method"] not in ("ewc", "lwf", "gdumb", "er-ace", "derpp", "l2p"):  # avalanche: no step timing
                 assert r["img_s"] > 0 and r["img_s_device"] >= 0.9 * r["img_s"], r["case"]
     for fam in ("vit", "resnet"):

@@ -139,6 +139,10 @@ def test_fixed_costs_and_achieved_flops_from_one_and_three_epoch_runs(tmp_path):
     assert fig["img_s"] == pytest.approx(1000) and fig["eval_img_s"] == pytest.approx(1200 / 1.5)
     assert fig["epoch_fixed_s"] == pytest.approx(1.36) and fig["val_fixed_s"] == pytest.approx(0.1)
     assert fig["task_fixed_s"] == pytest.approx(2.75 + 3.0 + 0.15) and fig["gain"] == {"2": pytest.approx(1.5)}
+    # the warm-up steps' images at each run's own batch (a ViT card's 128), not the trainer default: 2.0 - 1280 / 1000
+    at_128 = [r | {"batch_size": 128} for r in rows]
+    fig_128 = cost_inputs(at_128, {r["case"]: counts for r in rows}, batch=64)["vit"]
+    assert fig_128["epoch_fixed_s"] == pytest.approx(0.72)
 
     report = {"device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "compile": True, "cost_inputs": {"vit": fig}}
     (tmp_path / "gc.json").write_text(json.dumps(report))

@@ -77,7 +77,9 @@ def _steady(one: dict | None, three: dict | None, t: int, key: str) -> tuple[flo
 
 def cost_inputs(rows: list[dict[str, Any]], counts: dict[str, list[TaskCounts]], batch: int) -> dict[str, dict]:
     """``recast-bench cost``'s figures per backbone family from the timing and concurrency cases (see the module
-    docstring), plus the peak GPU memory of the family's passing cases (for the bench's runs per GPU)."""
+    docstring), plus the peak GPU memory of the family's passing cases (for the bench's runs per GPU). A case's
+    warm-up images are its warm-up steps at the batch size its run resolved (``batch_size``: the card's, 128 for
+    ViTs), ``batch`` only for a row that does not say."""
     out: dict[str, dict] = {}
     for fam in ("vit", "resnet"):
         mine = [r for r in rows if r.get("bb_family") == fam and r["status"] == "pass"]
@@ -95,7 +97,8 @@ def cost_inputs(rows: list[dict[str, Any]], counts: dict[str, list[TaskCounts]],
         eval_img_s = statistics.mean(evals) if evals else None
         epoch, epoch_extra = _steady(one, three, t, "epoch_fixed_s")
         val, val_extra = _steady(one, three, t, "val_s")
-        warm = min(int((tm["per_task"][t] or {}).get("warmup_steps") or 0) * batch, n[t].train)
+        steps = int((tm["per_task"][t] or {}).get("warmup_steps") or 0)
+        warm = min(steps * int(base.get("batch_size") or batch), n[t].train)
         task_rest = [
             p["task_fixed_s"] - (p.get("eval_s") or 0.0)
             for p in tm["per_task"]

@@ -124,6 +124,7 @@ def case_row(case: Case, out: Outcome, work: Path, counts: list[TaskCounts] | No
         "shared_gpu_with": lanes - 1 if case.group in ("default", "eval-device", "determinism") else 0,
         "peak_gpu_mem_mb": res.get("peak_gpu_mem_mb"),
         "peak_rss_mb": res.get("peak_rss_mb"),
+        "batch_size": ((res.get("config") or {}).get("trainer") or {}).get("batch_size"),  # the card's, resolved
         "device": res.get("device"),
         "precision": res.get("precision"),
         "profile": (res.get("profile") or {}).get("name"),
