@@ -70,20 +70,7 @@ BASIS = {
 }
 """Source or reason of each modelled factor besides the MFU (``recast-bench cost --basis`` prints them)."""
 
-# ---- gpu-check's case budget (recast_bench/gpucheck/cases.py) reads these; the estimate does not -------------------
-DEFAULT_TRAIN_IMG_S = {"vit": 4500.0, "resnet": 3500.0}
-DEFAULT_EVAL_IMG_S = {"vit": 12000.0, "resnet": 10000.0}
-FAMILIES = {"linear": "frozen", "ewc": "full", "lwf": "full", "gdumb": "full", "finetune": "full",
-            "er-ace": "replay", "derpp": "replay", "l2p": "prompt"}  # fmt: skip
-FAMILY_FACTOR = {"frozen": 1.0, "full": 1.0, "peft": 1.0, "replay": 2.0, "prompt": 1.5}
 
-
-def family(method: str) -> str:
-    """gpu-check's coarse throughput class of ``method`` (its case budget); the estimate uses counted FLOPs."""
-    return FAMILIES.get(parse_row(method).name, "peft")
-
-
-# ---- figures ------------------------------------------------------------------------------------------------------
 @dataclass
 class Figures:
     """One backbone family's cost figures for one run alone on one GPU (GPU profile)."""
@@ -196,11 +183,17 @@ def _from_inputs(bb: str, inputs: dict[str, Any], compiled: bool, gpu: str, peak
 
 
 # ---- the arithmetic -----------------------------------------------------------------------------------------------
+def gpu_seconds(w: Work, fig: Figures) -> float:
+    """GPU seconds of ``w``'s training and evaluation FLOPs at ``fig``'s achieved FLOP/s (one run alone, no fixed
+    costs, no loader limit)."""
+    return sum(w.train[kind] / fig.tflops[kind] + w.eval[kind] / fig.eval_tflops[kind] for kind in w.train) / 1e3
+
+
 def run_seconds(w: Work, fig: Figures, runs_per_gpu: int = 1) -> float:
     """GPU seconds of one run's work ``w`` with ``runs_per_gpu`` runs sharing each GPU."""
     k = max(1, runs_per_gpu)
     gain = fig.gain.get(k) or max(fig.gain.values())
-    gpu = sum(w.train[kind] / fig.tflops[kind] + w.eval[kind] / fig.eval_tflops[kind] for kind in w.train) / 1e3
+    gpu = gpu_seconds(w, fig)
     loaders = sum(n / fig.loader_img_s[path] for path, n in w.loaded.items() if fig.loader_img_s.get(path))
     fixed = (w.epochs * fig.epoch_fixed_s + w.val_passes * fig.val_fixed_s + w.tasks * fig.task_fixed_s
              + fig.run_start_s + w.host_s)  # fmt: skip

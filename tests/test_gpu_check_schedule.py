@@ -106,3 +106,21 @@ def test_the_modelled_check_fits_eight_minutes_on_one_gpu():
     assert C.not_applicable(Case("ddp", "vit_small", "linear"), 1, False) and not C.not_applicable(
         Case("ddp", "vit_small", "linear"), 2, False
     )
+
+
+def test_a_case_budget_is_its_counted_flops_over_the_sourced_mfu():
+    """No unsourced images/s: RECAST's compute on the GPU form is its counted step (at its card's batch of 128) over
+    the training images, plus evaluation, at perf/mfu.py's ViT MFU of the 989 TFLOP/s peak; replay costs more."""
+    import pytest
+
+    from recast_bench.perf import mfu
+    from recast_bench.perf.flops import row_flops
+
+    row = row_flops("vit_small", "recast")
+    tested = 100 + (100 + 1000)  # every seen task re-tested after each task
+    gflop = C.GPU_TRAIN_IMAGES * row.train(128) + (C.GPU_VAL_IMAGES + tested) * row.eval_image(256)
+    for compiled, m in ((True, mfu.VIT_COMPILED), (False, mfu.VIT_EAGER)):
+        expected = gflop / (m * mfu.H100_BF16_TFLOPS * 1e3)
+        assert C.compute_s("recast", "vit_small", 1, compiled) == pytest.approx(expected)
+    assert C.compute_s("recast", "vit_small", 3, True) > 2.5 * C.compute_s("recast", "vit_small", 1, True)
+    assert C.compute_s("er-ace", "resnet34", 1, False) > C.compute_s("finetune", "resnet34", 1, False)

@@ -15,12 +15,13 @@ of its test evaluations and fails if one was not the GPU (cases.md's "evaluation
 every case in 8 minutes: the cases of :data:`COMPILED` keep the profile's ``trainer.compile`` (RECAST on both
 backbones, RECAST+AdaptFormer, MeLo: the methods whose compiled and eager training are compared in
 tests/test_compile.py), and so do the timing cases (RECAST again, with warm caches, as later bench runs have); the
-other cases run with ``trainer.compile=false``. ``--compile-all`` compiles every case (761 s modelled).
+other cases run with ``trainer.compile=false``. ``--compile-all`` compiles every case (757 s modelled).
 
 **Budget** (:func:`expected_s`, :func:`limit_s`, :func:`budget`): the check must finish in 8 minutes on one H100 or
 H200. Every figure below is MODELLED: no GPU has run this check yet. A case is stopped at its limit (3x its expected
 time, at least a minute), and the check stops starting jobs at its deadline; whatever did not run is reported as
-skipped, by name.
+skipped, by name. A case's compute time is the cost model's (:func:`compute_s`: its counted FLOPs and its strategy's
+passes over the sourced H100 MFU of perf/mfu.py); its fixed costs are the figures below.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cache
 
-from recast_bench.cost import DEFAULT_EVAL_IMG_S, DEFAULT_TRAIN_IMG_S, FAMILY_FACTOR, family
+from recast_bench.perf.work import TaskSize
 from recast_bench.protocol.rows import parse_row
 
 VIT_METHODS = (
@@ -50,8 +52,10 @@ CASES_PER_PROCESS = 3
 # epoch": 84 steps of 64).
 FLOWERS_PER_SPLIT = (10, 5, 10)
 CIFAR_TRAIN_PER_CLASS, CIFAR_TEST_PER_CLASS = 600, 100
-GPU_TRAIN_IMAGES = 100 + 5400
-GPU_VAL_IMAGES = 50 + 600
+GPU_TASKS = (TaskSize("flowers102", 100, 50, 100, 10), TaskSize("cifar10", 5400, 600, 1000, 10))
+"""The GPU form's two tasks: Flowers102 at ``FLOWERS_PER_SPLIT`` per class, CIFAR-10's train split cut 90/10."""
+GPU_TRAIN_IMAGES = sum(t.train for t in GPU_TASKS)
+GPU_VAL_IMAGES = sum(t.val for t in GPU_TASKS)
 GPU_TEST_IMAGES_EVALUATED = 100 + (100 + 1000)  # after task 0: flowers; after task 1: both
 
 
@@ -201,17 +205,31 @@ DEFAULT_LANES = 3
 LIMIT_FACTOR, LIMIT_MIN_S = 3.0, 60.0
 
 
+@cache
+def compute_s(method: str, backbone: str, epochs: int, compiled: bool) -> float:
+    """GPU seconds of one case's training and evaluation on :data:`GPU_TASKS`, from the cost model: the row's counted
+    FLOPs (perf/flops.json) at its card's batch, with its strategy's extra passes (perf/work.py), over its backbone
+    family's modelled H100 MFU (perf/mfu.py: published throughputs); ``compiled``: the case compiles. Plus the host
+    time the GPU waits for (EWC's penalty loop). A backbone the packaged table lacks (the CPU form's tiny ones, which
+    have no budget: only the jobs' order reads it) takes its family's bench backbone."""
+    from recast_bench.cost import bb_family, gpu_seconds, modelled
+    from recast_bench.perf.flops import count_entry, load_table, row_flops
+    from recast_bench.perf.work import row_work, settings_of
+
+    if backbone not in load_table()["backbones"]:
+        backbone = {"vit": "vit_small", "resnet": "resnet34"}[bb_family(backbone)]
+    flops = row_flops(backbone, method) or count_entry(method, backbone)
+    full = row_flops(backbone, "full") or count_entry("full", backbone)
+    w = row_work(method, list(GPU_TASKS), epochs, flops, full, settings_of(method, backbone))
+    return gpu_seconds(w, modelled(bb_family(backbone), compiled)) + w.host_s
+
+
 def expected_s(case: Case) -> float:
     """Modelled seconds of ``case`` on an H100 in a warm process (process start excluded; see :data:`PROCESS_S`)."""
     if case.group == "mimicry":
         return MIMIC_S.get(case.backbone, MIMIC_S["vit_base"])
     fam = case.bb_family
-    ev = DEFAULT_EVAL_IMG_S[fam]
-    if family(case.method_name) == "frozen":  # features once (both flips of train, val, test), then a head
-        compute = (2 * GPU_TRAIN_IMAGES + GPU_VAL_IMAGES + GPU_TEST_IMAGES_EVALUATED) / ev
-    else:
-        train = case.epochs * GPU_TRAIN_IMAGES * FAMILY_FACTOR[family(case.method_name)] / DEFAULT_TRAIN_IMG_S[fam]
-        compute = train + (case.epochs * GPU_VAL_IMAGES + GPU_TEST_IMAGES_EVALUATED) / ev
+    compute = compute_s(case.method, case.backbone, case.epochs, case.compile != "off")
     fixed = 2 * TASK_S + 2 * case.epochs * EPOCH_S + WARMUP_S[fam] + COMPILE_S[case.compile][fam]
     return compute + fixed + (MIMIC_S.get(case.backbone, 0.0) if case.mimics else 0.0)
 

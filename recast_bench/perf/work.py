@@ -180,7 +180,7 @@ def avalanche_work(method: str, sizes: list[TaskSize], epochs: int, row: StepFlo
 def row_work(method: str, sizes: list[TaskSize], epochs: int, row: StepFlops, full: StepFlops, s: Settings) -> Work:
     """The work of one run of bench entry ``method`` (``NAME`` or ``NAME@VARIANT``); ``row`` is its counted step,
     ``full`` the backbone's every-weight step."""
-    base = method.split("@", 1)[0]
+    base = parse_row(method).name
     if base == "linear":
         return linear_work(sizes, full, s)
     if base in AVALANCHE:
