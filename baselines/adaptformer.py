@@ -128,17 +128,16 @@ class AdaptFormerConfig(MethodConfig):
 
 
 @METHODS.register("adaptformer")
-class AdaptFormer(Method):
+class AdaptFormer(Method[AdaptFormerConfig]):
     """Parallel MLP adapters (see module docstring)."""
 
-    name: ClassVar[str] = "adaptformer"
     Config: ClassVar[type[MethodConfig]] = AdaptFormerConfig
     families: ClassVar[tuple[str, ...]] = ("vit",)
     composable: ClassVar[bool] = True
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: AdaptFormerConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         device = next(model.backbone.parameters()).device
         for i, block in enumerate(vit_blocks(model.backbone)):
             if not all(hasattr(block, a) for a in ("norm2", "mlp", "ls2", "drop_path2")):

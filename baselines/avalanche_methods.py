@@ -177,7 +177,7 @@ def require_avalanche(method: str) -> None:
             raise missing_package_error(method, module)
 
 
-class AvalancheMethod(Method):
+class AvalancheMethod(Method[AvalancheConfig]):
     """Base of the Avalanche baselines: the whole network is shared and trained, the loop asks for a learner.
 
     Building one (``build_method``, before the run touches its output directory) checks that avalanche-lib can be
@@ -213,7 +213,6 @@ class AvalancheMethod(Method):
 class EWCMethod(AvalancheMethod):
     """EWC (Kirkpatrick et al. 2017) via avalanche.training.supervised.EWC."""
 
-    name = "ewc"
     Config = EWCConfig
 
 
@@ -221,7 +220,6 @@ class EWCMethod(AvalancheMethod):
 class LwFMethod(AvalancheMethod):
     """LwF (Li & Hoiem 2017) via avalanche.training.supervised.LwF, all heads distilled."""
 
-    name = "lwf"
     Config = LwFConfig
 
 
@@ -229,7 +227,6 @@ class LwFMethod(AvalancheMethod):
 class GDumbMethod(AvalancheMethod):
     """GDumb (Prabhu et al. 2020) via avalanche.training.supervised.GDumb: retrain from the start on the memory."""
 
-    name = "gdumb"
     Config = GDumbConfig
 
 
@@ -237,7 +234,6 @@ class GDumbMethod(AvalancheMethod):
 class DERppMethod(AvalancheMethod):
     """DER++ (Buzzega et al. 2020) via avalanche.training.supervised.DER with beta > 0."""
 
-    name = "derpp"
     Config = DERConfig
 
 
@@ -245,7 +241,6 @@ class DERppMethod(AvalancheMethod):
 class ERACEMethod(AvalancheMethod):
     """ER-ACE (Caccia et al. 2022) via avalanche.training.supervised.ER_ACE."""
 
-    name = "er-ace"
     Config = ReplayConfig
 
 
@@ -253,6 +248,5 @@ class ERACEMethod(AvalancheMethod):
 class L2PMethod(AvalancheMethod):
     """L2P (Wang et al. 2022) via avalanche LearningToPrompt, built on our local ViT weights."""
 
-    name = "l2p"
     Config = L2PConfig
     families = ("vit",)

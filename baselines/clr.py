@@ -95,17 +95,16 @@ class ClrLayer(nn.Module):
 
 
 @METHODS.register("clr")
-class Clr(Method):
+class Clr(Method[ClrConfig]):
     """Frozen convs, per-task depthwise reprogramming kernels and BatchNorm (see module docstring)."""
 
-    name: ClassVar[str] = "clr"
     Config: ClassVar[type[MethodConfig]] = ClrConfig
     families: ClassVar[tuple[str, ...]] = ("resnet",)
     composable: ClassVar[bool] = True
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: ClrConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         try:
             targets = resnet_convs(model.backbone, skip_1x1=cfg.skip_1x1)
         except ValueError as e:

@@ -114,17 +114,16 @@ class DoRAConfig(MethodConfig):
 
 
 @METHODS.register("dora")
-class DoRA(Method):
+class DoRA(Method[DoRAConfig]):
     """Magnitude + LoRA direction on the chosen roles (see module docstring)."""
 
-    name: ClassVar[str] = "dora"
     Config: ClassVar[type[MethodConfig]] = DoRAConfig
     families: ClassVar[tuple[str, ...]] = ("vit",)
     composable: ClassVar[bool] = True
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: DoRAConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         vit_blocks(model.backbone)
         device = next(model.backbone.parameters()).device
         wrap_targets(

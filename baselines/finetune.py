@@ -26,8 +26,7 @@ class FinetuneConfig(MethodConfig):
 
 
 @METHODS.register("finetune")
-class Finetune(Method):
-    name = "finetune"
+class Finetune(Method[FinetuneConfig]):
     Config = FinetuneConfig
     isolates_tasks = False
 

@@ -187,10 +187,9 @@ def resnet_topology(backbone: nn.Module) -> list[ConvMask]:
 
 
 @METHODS.register("hat")
-class Hat(Method):
+class Hat(Method[HatConfig]):
     """Per-unit task gates over shared, gradient-masked conv weights (see module docstring)."""
 
-    name: ClassVar[str] = "hat"
     Config: ClassVar[type[MethodConfig]] = HatConfig
     families: ClassVar[tuple[str, ...]] = ("resnet",)
     composable: ClassVar[bool] = False
@@ -287,7 +286,7 @@ class Hat(Method):
         return loss + self.cfg.c * reg
 
     def on_after_backward(self, model: TaskModel) -> None:
-        cfg: HatConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         with torch.no_grad():
             for name, mask in self._grad_masks.items():
                 p = model.backbone.get_parameter(name)
@@ -314,7 +313,7 @@ class Hat(Method):
     # ---- schedule and selection (hat.py Appr.train) ----------------------------------------------------------------
     def lr_scheduler(self, optimizer: torch.optim.Optimizer, tcfg: TrainerConfig) -> dict | None:
         """The official plateau schedule (``schedule=official``); ``None``: the engine's StepLR (``paper``)."""
-        cfg: HatConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         if cfg.schedule != "official":
             return None
         # The official counter starts at lr_patience, drops on every epoch without a strictly lower val loss and

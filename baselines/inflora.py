@@ -193,10 +193,9 @@ class InfLoRAConfig(MethodConfig):
 
 
 @METHODS.register("inflora")
-class InfLoRA(Method):
+class InfLoRA(Method[InfLoRAConfig]):
     """Designed, subspace-projected A; trained B (see module docstring)."""
 
-    name: ClassVar[str] = "inflora"
     Config: ClassVar[type[MethodConfig]] = InfLoRAConfig
     families: ClassVar[tuple[str, ...]] = ("vit",)
     composable: ClassVar[bool] = True
@@ -204,7 +203,7 @@ class InfLoRA(Method):
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: InfLoRAConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         vit_blocks(model.backbone)
         device = next(model.backbone.parameters()).device
         wrap_targets(model.backbone, ["k", "v"], lambda n, base, parts: InfLoRAQKV(base, parts, cfg.rank))
@@ -230,7 +229,7 @@ class InfLoRA(Method):
 
     def lr_scheduler(self, optimizer: torch.optim.Optimizer, tcfg: TrainerConfig) -> dict | None:
         """The official cosine over ``trainer.epochs`` (``schedule=official``); ``None``: the engine's StepLR."""
-        cfg: InfLoRAConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         if cfg.schedule != "official":
             return None
         epochs = int(tcfg.epochs)
@@ -243,7 +242,7 @@ class InfLoRA(Method):
 
     def _covariances(self, model: TaskModel, loader: DataLoader) -> dict[str, torch.Tensor]:
         """Mean ``x^T x`` over every token fed to each qkv, for the task's training data."""
-        cfg: InfLoRAConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         layers = self._layers(model)
         device = work_device(model, self.ctx.device)
         was_training = model.training
@@ -277,7 +276,7 @@ class InfLoRA(Method):
                 layer.A.copy_(a.to(layer.A.device, layer.A.dtype))
 
     def on_task_end(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
-        cfg: InfLoRAConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         threshold = cfg.eps_start + (cfg.eps_end - cfg.eps_start) * min(task_index, cfg.num_tasks) / cfg.num_tasks
         covs = self._covariances(model, train_loader)  # inputs of the trained model, as the official code
         with torch.no_grad():

@@ -10,9 +10,8 @@ from recast_bench.registry import METHODS
 
 
 @METHODS.register("linear")
-class Linear(Method):
+class Linear(Method[MethodConfig]):
     """Frozen backbone, one head per task; parameter isolation is trivially exact."""
 
-    name = "linear"
     Config = MethodConfig
     frozen_backbone_features = True

@@ -166,17 +166,16 @@ class LoRAConfig(MethodConfig):
 
 
 @METHODS.register("lora")
-class LoRA(Method):
+class LoRA(Method[LoRAConfig]):
     """Low-rank updates on the chosen ViT roles (see module docstring)."""
 
-    name: ClassVar[str] = "lora"
     Config: ClassVar[type[MethodConfig]] = LoRAConfig
     families: ClassVar[tuple[str, ...]] = ("vit",)
     composable: ClassVar[bool] = True
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: LoRAConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         backbone = model.backbone
         vit_blocks(backbone)
         scale = lora_vit_scale(cfg.alpha, cfg.rank)

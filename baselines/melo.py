@@ -40,5 +40,4 @@ class MeloConfig(LoRAConfig):
 
 @METHODS.register("melo")
 class Melo(LoRA):
-    name: ClassVar[str] = "melo"
     Config: ClassVar[type[MethodConfig]] = MeloConfig

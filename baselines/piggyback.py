@@ -267,17 +267,16 @@ def family_of(backbone: nn.Module, family: str) -> str:
 
 
 @METHODS.register("piggyback")
-class Piggyback(Method):
+class Piggyback(Method[PiggybackConfig]):
     """Frozen backbone; per task, a binary mask on every target weight (see module docstring)."""
 
-    name: ClassVar[str] = "piggyback"
     Config: ClassVar[type[MethodConfig]] = PiggybackConfig
     families: ClassVar[tuple[str, ...]] = ("resnet", "vit")
     composable: ClassVar[bool] = True
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: PiggybackConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         family = family_of(model.backbone, self.ctx.family)
         try:
             targets = piggyback_targets(model.backbone, family, cfg)

@@ -260,17 +260,16 @@ class RosaConfig(MethodConfig):
 
 
 @METHODS.register("rosa")
-class Rosa(Method):
+class Rosa(Method[RosaConfig]):
     """Low-rank plus gradient-chosen sparse updates (see module docstring)."""
 
-    name: ClassVar[str] = "rosa"
     Config: ClassVar[type[MethodConfig]] = RosaConfig
     families: ClassVar[tuple[str, ...]] = ("vit",)
     composable: ClassVar[bool] = True
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: RosaConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         vit_blocks(model.backbone)
         device = next(model.backbone.parameters()).device
         targets = [t for t in ("q", "k", "v", "proj", "fc1", "fc2") if t in cfg.lora_targets + cfg.sparse_targets]
@@ -311,7 +310,7 @@ class Rosa(Method):
 
     def param_hparams(self, model: TaskModel) -> dict[str, tuple[float, float]]:
         """Separate learning rates for the low-rank and the sparse parts (official ``lora_lr`` and ``lr``)."""
-        cfg: RosaConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         out = {n: (cfg.lora_lr or cfg.lr, cfg.weight_decay) for n in self._lora_params(model)}
         out.update({n: (cfg.sparse_lr or cfg.lr, cfg.weight_decay) for n in self._sparse_params(model)})
         return out
@@ -340,7 +339,7 @@ class Rosa(Method):
         self, model: TaskModel, layers: dict[str, RosaLinear], task_index: int, task: Task, loader: DataLoader
     ) -> dict[tuple[str, str], torch.Tensor]:
         """Steps 1 and 2 of the module docstring; returns the accumulated squared gradient of each sparse part."""
-        cfg: RosaConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         device = work_device(model, self.ctx.device)
         gen = task_generator(self.ctx.seed, task_index, 7919 + cfg.head_seed)
         head = seeded_head(int(model.num_features), int(task.num_classes), gen).to(device)

@@ -30,6 +30,8 @@ class Registry:
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if isinstance(obj, type) and hasattr(obj, "name"):
+                obj.name = name  # a method class states its name here only (engine/method.py)
             self._items[name] = obj
             return obj
 
@@ -82,8 +84,8 @@ def parse_method_name(name: str) -> tuple[str, ...]:
         if parts[0] != "recast" or len(parts) != 2:
             raise UserError(f"composite method {name!r} must have the form recast+NAME")
         adapter = METHODS.get(parts[1])
-        if not getattr(adapter, "composable", False):
-            composable = [n for n in METHODS.names() if getattr(METHODS.get(n), "composable", False)]
+        if not adapter.composable:
+            composable = [n for n in METHODS.names() if METHODS.get(n).composable]
             raise UserError(f"method {parts[1]!r} cannot be combined with recast; combinable: {', '.join(composable)}")
     return parts
 
@@ -92,5 +94,5 @@ def all_method_names() -> list[str]:
     """Registered single methods plus every valid ``recast+X`` combination."""
     load_all()
     names = METHODS.names()
-    combos = [f"recast+{n}" for n in names if getattr(METHODS.get(n), "composable", False)] if "recast" in names else []
+    combos = [f"recast+{n}" for n in names if METHODS.get(n).composable] if "recast" in names else []
     return names + combos

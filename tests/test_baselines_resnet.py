@@ -442,34 +442,58 @@ def test_hat_official_schedule_divides_by_3_after_5_flat_epochs_and_stops_below_
     assert paper.selection() == ("val/acc", "max")
 
 
-def test_hat_run_selects_the_lowest_val_loss_and_stops_early(run_args, tmp_path) -> None:  # noqa: ANN001
-    import csv
+def test_hat_run_selects_the_lowest_val_loss_restores_it_before_on_task_end_and_stops_early(
+    run_args, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    """Checked on the learner itself: every validation's metrics as offered to its selection, the selected epoch's
+    snapshot, and HAT's parameters when on_task_end runs (engine/method.py: after the best epoch is restored)."""
     import json
 
     from recast_bench.cli import main
+    from recast_bench.engine.learner import EpochSelection
 
+    offered: list[tuple[EpochSelection, int, dict[str, float]]] = []
+    at_task_end: list[tuple[EpochSelection, dict[str, torch.Tensor]]] = []
+    real_offer, real_end = EpochSelection.offer, Hat.on_task_end
+
+    def offer(self, epoch, metrics):  # noqa: ANN001, ANN202
+        offered.append((self, epoch, dict(metrics)))
+        real_offer(self, epoch, metrics)
+
+    def on_task_end(self, model, task_index, task, loader):  # noqa: ANN001, ANN202
+        emb = {f"task/{k}": v.detach().clone() for k, v in self.task_parameters(model).items()}
+        at_task_end.append((offered[-1][0], emb))
+        real_end(self, model, task_index, task, loader)
+
+    monkeypatch.setattr(EpochSelection, "offer", offer)
+    monkeypatch.setattr(Hat, "on_task_end", on_task_end)
     out = tmp_path / "hat"
     # lr_min above lr / 3 and patience 2: two epochs in a row without a lower val loss end the task.
-    extra = ["logger=csv", "trainer.epochs=6", "method.hat.lr_patience=2", "method.hat.lr_min=0.02"]
+    extra = ["trainer.epochs=6", "method.hat.lr_patience=2", "method.hat.lr_min=0.02"]
     assert main(run_args("hat", backbone="resnet_tiny", out=out, extra=extra)) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["selection"]["metric"] == "val/loss" and res["selection"]["mode"] == "min"
-    with open(out / "logs" / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    assert len(at_task_end) == len(res["tasks"])
     stopped = by_acc = 0
-    for t, name in enumerate(res["tasks"]):
-        losses = [float(r["val/loss"]) for r in rows if r["task"] == name]
+    for t, (selection, params) in enumerate(at_task_end):
+        rows = [m for sel, _, m in offered if sel is selection]
+        losses, acc = [m["val/loss"] for m in rows], [m["val/acc"] for m in rows]
         best = min(losses)
-        assert res["best_epoch"][t] == max(e for e, v in enumerate(losses) if v == best)  # lowest, ties: latest
-        acc = [float(r["val/acc"]) for r in rows if r["task"] == name]
-        assert res["val_acc"][t] == pytest.approx(acc[res["best_epoch"][t]], abs=1e-4)
+        assert res["best_epoch"][t] == selection.epoch == max(e for e, v in enumerate(losses) if v == best)
+        assert res["val_acc"][t] == pytest.approx(acc[selection.epoch], abs=1e-4)
+        # on_task_end saw the selected epoch's parameters (restored), not the last epoch's.
+        assert params.keys() <= selection.state.keys()
+        assert all(torch.equal(v, selection.state[k]) for k, v in params.items())
         # Training ran until (and including) the epoch the official loop breaks at, and no further.
         _, stop = official_plateau(losses, patience=2, lr_min=0.02)
         assert len(losses) == (6 if stop is None else stop + 1)
         stopped += stop is not None
-        by_acc += res["best_epoch"][t] != max(e for e, a in enumerate(acc) if a == max(acc))
+        by_acc += selection.epoch != max(e for e, a in enumerate(acc) if a == max(acc))
     assert stopped, "no task stopped early: the test no longer exercises the stop"
     assert by_acc, "val accuracy picks the same epochs: the test no longer tells the two selections apart"
+    assert any(sel.epoch != sum(s is sel for s, _, _ in offered) - 1 for sel, _ in at_task_end), (
+        "every task selected its last epoch: the test no longer shows the restore happens before on_task_end"
+    )
 
 
 @pytest.mark.parametrize(

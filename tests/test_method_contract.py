@@ -18,7 +18,7 @@ from recast_bench.config import StreamConfig, TrainerConfig
 from recast_bench.data.synthetic import synthetic_stream
 from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import LightningLearner
-from recast_bench.engine.method import RunContext
+from recast_bench.engine.method import Method, RunContext
 from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.step import TrainStep
 from recast_bench.registry import METHODS, all_method_names, parse_method_name
@@ -102,7 +102,12 @@ def test_method_contract(name: str, family: str, tmp_path) -> None:
 
     # (a) two tasks train; (b) the gradient set is exactly the intended one.
     info = learner.fit_task(0, tasks[0])
-    assert info["trainable_params"] >= 0
+    backbone_numel = sum(p.numel() for n, p in learner.trainable(0).items() if not n.startswith("heads."))
+    if type(method).count_task_params is Method.count_task_params:  # the default: every trained backbone entry
+        assert info["trainable_params"] == backbone_numel, (info["trainable_params"], backbone_numel)
+    else:  # a method that counts only its learnt entries (LoRA's pruning), or a composite of parts
+        assert 0 < info["trainable_params"] <= backbone_numel, (info["trainable_params"], backbone_numel)
+    assert (info["trainable_params"] == 0) == (backbone_numel == 0)  # only ``linear`` trains the head alone
     before = _outputs(learner, 0, tasks[0])
     _check_gradients(learner, 0, tasks[0])
     learner.fit_task(1, tasks[1])
@@ -123,3 +128,36 @@ def test_method_contract(name: str, family: str, tmp_path) -> None:
         learner2.load_task(t, tasks[t], tmp_path / f"task{t}")
     for t in (0, 1):
         assert torch.equal(_outputs(learner2, t, tasks[t]), after[t]), f"{name}: task {t} state did not round-trip"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_registered_method_declares_the_contract(name: str) -> None:
+    """Every registered method, Avalanche's included (from the registry, not a list): its name is the registered one,
+    it builds from its own typed config, and a method that brings its own learner is the only kind that has one."""
+    cls = METHODS.get(name)
+    assert issubclass(cls, Method) and cls.name == name
+    assert cls.runner in ("lightning", "avalanche") and set(cls.families) <= {"vit", "resnet"} and cls.families
+    family = cls.families[0]
+    method = build_method(name, {}, family)
+    assert type(method) is cls and isinstance(method.cfg, cls.Config) and method.name == name
+    own_learner = type(method).make_learner is not Method.make_learner
+    assert own_learner == (cls.runner != "lightning")
+    if cls.runner == "lightning":
+        assert method.make_learner(None, [], TrainerConfig(), 0, "fp") is None  # the engine's learner runs it
+
+
+def test_the_engine_finds_no_method_hook_by_name() -> None:
+    """Every hook is declared on Method: the engine, the registry and deploy call them, never ``getattr`` them."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recast_bench"
+    files = [*root.glob("engine/*.py"), root / "registry.py", *root.glob("deploy/*.py")]
+    found = [
+        f"{f.name}: {m.group(0)}"
+        for f in files
+        for m in re.finditer(
+            r"(getattr|hasattr)\((self\.)?(method|adapter|METHODS\.get\([^)]*\)|p|part)\b[^)]*\)", f.read_text()
+        )
+    ]
+    assert not found, found

@@ -28,13 +28,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recast_bench.data.stream import Task
 from recast_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from recast_bench.engine.learner import LightningLearner
 
 RULES: dict[str, str] = {
     "max_softmax": "highest top-1 softmax probability (FACIL --multi-softmax)",
@@ -151,21 +154,19 @@ def agnostic_accuracy(
     }
 
 
-def learner_heads(learner: Any, on_features: bool = False) -> Heads:  # noqa: ANN401 (engine LightningLearner)
+def learner_heads(learner: LightningLearner, on_features: bool = False) -> Heads:
     """:data:`Heads` over a LightningLearner's stored task states (as its own evaluation restores them);
     ``on_features``: the heads alone, over cached backbone features."""
 
     def heads(t: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        if learner._current != t:
-            learner._load_task_state(t, learner._states[t])
-            learner._current = t
+        learner.switch_to(t)  # the learner's own task switch (not counted in its evaluation's switch times)
         model = learner.model.to(learner.device).eval()
         model.active_task = t
         if on_features:
             from recast_bench.engine.features import head_model
 
             model = head_model(model)
-        channels_last = bool(getattr(learner.tcfg, "channels_last", False))
+        channels_last = bool(learner.tcfg.channels_last)
 
         def logits(x: torch.Tensor) -> torch.Tensor:
             from recast_bench.engine.device import autocast
@@ -194,14 +195,15 @@ def evaluate_learner(
     A frozen-feature method (``linear``) reuses the learner's cached test features when every task normalises
     alike (each head then sees the same features the image path would give it).
     """
-    if not hasattr(learner, "_load_task_state") or not hasattr(learner, "_states"):
-        return None
     from recast_bench.engine.features import FeatureAugment
-    from recast_bench.engine.learner import make_loader
+    from recast_bench.engine.learner import LightningLearner, make_loader
+
+    if not isinstance(learner, LightningLearner):
+        return None
 
     tcfg = learner.tcfg
     learner.model.to(learner.device)
-    use_features = getattr(learner, "features", None) is not None and _shared_normalisation(tasks)
+    use_features = learner.features is not None and _shared_normalisation(tasks)
     was_training = learner.model.training
 
     def inputs(j: int, t: int) -> tuple[Dataset, Callable | None]:

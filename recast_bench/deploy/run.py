@@ -104,7 +104,7 @@ class LoadedRun:
         spec = get_spec(cfg.backbone.name)
         self.backbone_name, self.family = spec.name, spec.family
         method = build_method(cfg.method_name, cfg.method, spec.family)
-        if getattr(method, "runner", "lightning") != "lightning":
+        if method.runner != "lightning":
             raise UserError(
                 f"{self.method_name} runs through avalanche-lib, whose models recast-bench cannot export or load "
                 "for prediction; export a task of a recast-bench method instead"

@@ -182,7 +182,7 @@ class FeatureCache:
 
 def feature_cache_for(method, model: TaskModel, tcfg) -> FeatureCache | None:  # noqa: ANN001 (Method, TrainerConfig)
     """A :class:`FeatureCache` when ``method`` trains on frozen backbone features, else ``None``."""
-    if not getattr(method, "frozen_backbone_features", False):
+    if not method.frozen_backbone_features:
         return None
     ctx = method.ctx
     return FeatureCache(

@@ -99,11 +99,8 @@ def selects(value: float, best: float | None, mode: str) -> bool:
 
 
 def trainable_count(method: Method, model: TaskModel) -> int:
-    """Per-task learnt backbone numbers, head excluded. Masked methods count only active entries themselves."""
-    own = getattr(method, "count_task_params", None)
-    if own is not None:
-        return int(own(model))
-    return count(method.task_parameters(model)) + count(method.shared_parameters(model))
+    """Per-task learnt backbone numbers, head excluded (:meth:`Method.count_task_params`)."""
+    return int(method.count_task_params(model))
 
 
 @dataclass

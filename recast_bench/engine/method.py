@@ -10,13 +10,40 @@ A method owns three decisions and nothing else:
 
 The engine owns freezing (everything not returned above is frozen), heads, optimisation, model selection,
 saving exactly :meth:`Method.task_state` per task and restoring it to evaluate that task.
+
+Call order (the one place it is written; ``engine/loop.py``, ``engine/learner.py`` and ``engine/step.py`` follow it):
+
+* once per run: ``ctx`` is set, then :meth:`Method.setup`; then :meth:`Method.make_learner` (``None``: the engine's
+  learner, which calls everything below; a method with its own learner, Avalanche, is called by that learner);
+  :meth:`Method.selection` is recorded in results.json.
+* on resume, per completed task: :meth:`Method.load_shared_state` (the state after the last completed task), then
+  :meth:`Method.load_task_state` for every completed task.
+* per task ``t``:
+
+  1. :meth:`Method.on_task_start` (its data-driven init), then the head is added and the freezing policy unfreezes
+     :meth:`Method.task_parameters`, :meth:`Method.shared_parameters` and the head; BatchNorms with nothing
+     trainable run in eval mode except those in :meth:`Method.task_buffers`;
+  2. the optimiser from :meth:`Method.param_hparams` (and :meth:`Method.no_weight_decay`), the schedule from
+     :meth:`Method.lr_scheduler` (``None``: the engine's StepLR);
+  3. every training step (``engine/step.py``): :meth:`Method.on_train_batch_start`, forward,
+     :meth:`Method.training_loss`, backward, :meth:`Method.on_after_backward`, the trainer's gradient clip, the
+     optimiser step, :meth:`Method.on_after_optimizer_step`;
+  4. after every validation: the batches' :meth:`Method.validation_loss`, then the epoch is offered to
+     :meth:`Method.selection`, which snapshots :meth:`Method.task_state` (and :meth:`Method.shared_state` for a
+     method that does not isolate tasks); after the scheduler steps, :meth:`Method.stop_below_lr` may end the task;
+  5. the selected epoch's snapshot is restored (:meth:`Method.load_task_state`, :meth:`Method.load_shared_state`),
+     *then* :meth:`Method.on_task_end` runs, on the restored parameters (HAT folds the selected epoch's gates into
+     its cumulative masks; InfLoRA updates its subspace), with every parameter frozen;
+  6. :meth:`Method.task_state` is kept and saved, :meth:`Method.count_task_params` recorded, and
+     :meth:`Method.shared_state` saved beside it;
+  7. every task seen so far is evaluated under its own :meth:`Method.load_task_state`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -71,10 +98,17 @@ class RunContext:
     device: str = "cpu"
 
 
-class Method:
-    """Base class of every Lightning-engine method. Subclasses override only the hooks they need."""
+CfgT = TypeVar("CfgT", bound=MethodConfig)
+
+
+class Method(Generic[CfgT]):
+    """Base class of every method. Subclasses override only the hooks they need; ``Method[XConfig]`` types ``cfg``.
+
+    The registry gives the name (``@METHODS.register("x")`` sets ``name``), so a class never writes it twice.
+    """
 
     name: ClassVar[str] = ""
+    """Set by ``METHODS.register`` (a composite's is ``recast+x``, set per instance)."""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     families: ClassVar[tuple[str, ...]] = ("vit", "resnet")
     """Backbone families the method supports (``vit``, ``resnet``)."""
@@ -88,8 +122,8 @@ class Method:
     """True when nothing before the head trains or adapts (``linear``): the engine then trains the head on backbone
     features computed once per backbone for both flips (``engine/features.py``), not on images."""
 
-    def __init__(self, cfg: MethodConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: CfgT) -> None:
+        self.cfg: CfgT = cfg
         self.ctx = RunContext()
         """Set by the engine before :meth:`setup`."""
 
@@ -122,6 +156,12 @@ class Method:
         no_decay = self.no_weight_decay(model)
         names = {**self.task_parameters(model), **self.shared_parameters(model)}
         return {n: (self.cfg.lr, 0.0 if n in no_decay else self.cfg.weight_decay) for n in names}
+
+    def count_task_params(self, model: TaskModel) -> int:
+        """Per-task learnt backbone numbers, head excluded (results.json's ``trainable_params_per_task``): every
+        entry of the task and shared parameters; a method whose stored tensors hold pruned or fixed entries counts
+        only the learnt ones (LoRA's pruned ranks)."""
+        return _numel(self.task_parameters(model)) + _numel(self.shared_parameters(model))
 
     # ---- task lifecycle ----------------------------------------------------------------------------------------
     def on_task_start(self, model: TaskModel, task_index: int, task: Task, train_loader: DataLoader) -> None:
@@ -213,6 +253,10 @@ def assign_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             dst.copy_(v)
 
 
+def _numel(params: dict[str, torch.Tensor]) -> int:
+    return int(sum(p.numel() for p in params.values()))
+
+
 def merge_dicts(dicts: Iterable[dict]) -> dict:
     out: dict = {}
     for d in dicts:
@@ -220,7 +264,7 @@ def merge_dicts(dicts: Iterable[dict]) -> dict:
     return out
 
 
-class CompositeMethod(Method):
+class CompositeMethod(Method[MethodConfig]):
     """``recast+X``: RECAST re-generates its target layers and X adapts the network; both train per task.
 
     Setup runs in order (RECAST surgery first); state and hooks are the union of both. X reads its base layer's
@@ -329,9 +373,7 @@ class CompositeMethod(Method):
             p.load_task_state(model, {k: v for k, v in state.items() if k in own})
 
     def count_task_params(self, model: TaskModel) -> int:
-        from recast_bench.engine.learner import trainable_count
-
-        return sum(trainable_count(p, model) for p in self.parts)
+        return sum(p.count_task_params(model) for p in self.parts)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "parts": [p.describe() for p in self.parts]}

@@ -183,17 +183,16 @@ def _run_device(device: str) -> str:
 
 
 @METHODS.register("recast")
-class Recast(Method):
+class Recast(Method[RecastConfig]):
     """Frozen template banks, per-task coefficients (see module docstring)."""
 
-    name: ClassVar[str] = "recast"
     Config: ClassVar[type[MethodConfig]] = RecastConfig
     families: ClassVar[tuple[str, ...]] = ("vit", "resnet")
     composable: ClassVar[bool] = False
     isolates_tasks: ClassVar[bool] = True
 
     def setup(self, model: TaskModel) -> None:
-        cfg: RecastConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         family = self.ctx.family
         mimic = cfg.mimic_config(_run_device(self.ctx.device or "cpu"))
         cache_dir = self.ctx.cache_dir if cfg.cache else None
@@ -270,7 +269,7 @@ class Recast(Method):
         return self.plan.per_task_params()
 
     def describe(self) -> dict[str, Any]:
-        cfg: RecastConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         d: dict[str, Any] = {"name": self.name, "row": cfg.row_name, "variant": cfg.variant}
         plan = getattr(self, "plan", None)
         if plan is not None:
