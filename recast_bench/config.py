@@ -372,14 +372,34 @@ def finish_config(cfg: DictConfig) -> DictConfig:
     apply_card(cfg)  # the paper row's values, beneath every yaml file and override (recast_bench/protocol/)
     for name, schema in GROUPS.items():
         cfg[name] = validate_group(name, cfg.get(name), schema)
+    parts = method_schemas(cfg)
+    for part, schema in parts.items():
+        cfg.method[part] = validate_group(f"method.{part}", cfg.method.get(part), schema)
     try:
         OmegaConf.resolve(cfg)
     except Exception as e:
         raise UserError(f"bad config interpolation: {str(e).splitlines()[0]}") from None
     for name in GROUPS:
         OmegaConf.to_object(cfg[name])  # runs each dataclass's __post_init__ on the resolved values
+    for part in parts:
+        try:
+            OmegaConf.to_object(cfg.method[part])
+        except ValueError as e:  # a method Config's __post_init__ (UserError is not a ValueError: it passes)
+            raise UserError(f"bad method.{part} config: {e}") from None
     check_run_keys(cfg)
     return cfg
+
+
+def method_schemas(cfg: DictConfig) -> dict[str, type]:
+    """The Config dataclass of each registered part of ``method_name``: the recorded config then holds every value
+    the method runs with (defaults included), and a bad one stops the run before anything is built."""
+    from recast_bench.registry import METHODS, load_all
+
+    load_all()
+    parts = str(cfg.get("method_name") or "").split("+")
+    if cfg.get("method") is None:
+        cfg.method = {}
+    return {p: METHODS.get(p).Config for p in parts if p in METHODS}
 
 
 def check_run_keys(cfg: DictConfig) -> None:

@@ -58,18 +58,22 @@ def test_recast_coefficient_file_is_tiny_and_round_trips(tmp_path):
     assert torch.equal(method.task_state(model)["recast.coefficients"], state["recast.coefficients"])
 
 
-def test_recast_plus_x_defaults_come_from_the_partners_yaml():
+def test_recast_plus_x_values_come_from_the_composites_card():
+    """A composite's own settings live on its protocol card (one home), not in its partner's yaml."""
     from recast_bench.config import compose_config
 
     af = compose_config(["method=[recast,adaptformer]", "method_name=recast+adaptformer"]).method
     assert af.recast.target == "attn"  # the authors' RECAST+AdaptFormer: RECAST on qkv, adapter beside the MLP
     assert af.adaptformer.variant == "paper"
-    mlp = compose_config(["method=[recast,adaptformer]", "method.recast.target=mlp"]).method
-    assert mlp.recast.target == "mlp"  # the command line still wins
-    assert compose_config(["method=[recast]"]).method.recast.target == "mlp"  # RECAST alone: the paper's MLP
-    assert compose_config(["method=[recast,melo]"]).method.recast.target == "mlp"  # the authors' RECAST+MeLo
-    pb = compose_config(["method=[recast,piggyback]"]).method.recast  # the authors' RECAST+Piggyback script
-    assert (pb.optimizer, pb.lr, pb.head_lr, pb.weight_decay) == ("adam", 5e-4, 3e-2, 0.0)
+    mlp = compose_config(["method=[recast,adaptformer]", "method_name=recast+adaptformer", "method.recast.target=mlp"])
+    assert mlp.method.recast.target == "mlp"  # the command line still wins
+    off = compose_config(["method=[recast,adaptformer]", "method_name=recast+adaptformer", "++protocol.card=none"])
+    assert off.method.recast.target == "mlp"  # without the card: RECAST's own default
+    assert compose_config(["method=[recast]", "method_name=recast"]).method.recast.target == "mlp"  # the paper's MLP
+    assert compose_config(["method=[recast,melo]", "method_name=recast+melo"]).method.recast.target == "mlp"
+    pb = compose_config(["method=[recast,piggyback]", "method_name=recast+piggyback", "backbone=resnet_tiny"])
+    recast = pb.method.recast  # the authors' RECAST+Piggyback script
+    assert (recast.optimizer, recast.lr, recast.head_lr, recast.weight_decay) == ("adam", 5e-4, 3e-2, 0.0)
 
 
 def test_recast_plus_adaptformer_puts_the_adapter_beside_a_plain_mlp(tmp_path):
@@ -104,7 +108,7 @@ def test_recast_plus_adaptformer_puts_the_adapter_beside_a_plain_mlp(tmp_path):
 
 
 AUTHORS_RECAST = {"mimic_iters": 5, "optimizer": "adam", "lr": 5e-4, "head_lr": 3e-2, "weight_decay": 0.0}
-"""conf/method/piggyback.yaml's recast block: the authors' RECAST+Piggyback optimiser settings."""
+"""The recast+piggyback card's RECAST settings: the authors' RECAST+Piggyback optimiser."""
 
 
 def _piggyback_module(tmp_path, piggyback: dict, epochs: int):  # noqa: ANN001, ANN202

@@ -319,5 +319,7 @@ def test_a_variant_departure_is_recorded() -> None:
     card = next(c for c in ROWS if c.id == "recast+melo")
     cfg = _cli_config(card, "vit_small", ["method.recast.variant=svd"])
     assert cfg.protocol.card == "recast+melo" and list(cfg.protocol.overridden) == ["method.recast.variant"]
-    rosa = compose_config(["method=[rosa]", "method_name=rosa", "backbone=vit_small", "method.rosa.variant=custom"])
+    custom = ["method.rosa.variant=custom", "method.rosa.lora_targets=[q]", "method.rosa.sparse_targets=[fc1]"]
+    custom.append("method.rosa.density=0.1")
+    rosa = compose_config(["method=[rosa]", "method_name=rosa", "backbone=vit_small", *custom])
     assert rosa.protocol.card is None  # a variant the paper has no row for gets no card

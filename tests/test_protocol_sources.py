@@ -55,3 +55,35 @@ def test_protocol_table_marks_sources_and_flags() -> None:
     assert r["flagged"] == "method.dora.alpha" and r["count"] == 41472 and r["verdict"] == "consistent"
     recast = next(c for c in load("table2")[1] if c.id == "recast")
     assert "2e-6 P" in row(recast)[COLUMNS.index("paper_params")] and "44" in row(recast)[COLUMNS.index("verdict")]
+
+
+def test_method_yaml_holds_only_real_overrides() -> None:
+    """One home per value: a conf/method/NAME.yaml sets only NAME's keys, each to something its dataclass lacks
+    (defaults live in the dataclasses, the paper's values with their sources on the cards)."""
+    import dataclasses
+
+    import yaml
+
+    from recast_bench.registry import METHODS, load_all
+
+    load_all()
+    repeats = []
+    for path in sorted((CONF_DIR / "method").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text()) or {}
+        assert set(doc) == {path.stem}, f"{path.name} configures {sorted(doc)}: a file sets its own method only"
+        fields = {f.name: f for f in dataclasses.fields(METHODS.get(path.stem).Config)}
+        for key, value in (doc[path.stem] or {}).items():
+            f = fields[key]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value == default or (isinstance(default, tuple) and list(default) == value):
+                repeats.append(f"{path.name}: {key}")
+    assert not repeats, f"values that repeat the dataclass default: {repeats}"
+
+
+def test_plain_methods_get_no_other_methods_values() -> None:
+    """``adaptformer`` alone composes no ``recast`` block (its composite's values come from its card)."""
+    from recast_bench.config import compose_config
+
+    for name in ("adaptformer", "piggyback"):
+        cfg = compose_config([f"method=[{name}]", f"method_name={name}"])
+        assert set(cfg.method) == {name}, sorted(cfg.method)
