@@ -83,6 +83,13 @@ def test_imagenet_check_on_generated_folder(tmp_path, tiny_imagenet, capsys):
     inet = report["imagenet"]
     assert inet["images"] == 6 and inet["top1_agreement"] == 1.0
     assert inet["top1_original"] == inet["top1_reconstructed"]
+    # The summary line keeps the one-batch similarity check apart from the ImageNet figures (never read as top-1).
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["imagenet"] == {
+        k: inet[k] for k in ("images", "top1_original", "top1_reconstructed", "top1_agreement")
+    }
+    assert summary["batch_check"]["inputs"] == "first imagenet-val batch" and "top1_agreement" not in summary
+    assert summary["batch_check"]["images"] == report["outputs"]["images"] <= 6
 
 
 def test_imagenet_check_rejects_mismatched_folder(tmp_path, tiny_imagenet, capsys):

@@ -122,6 +122,7 @@ def run_mimic(job: MimicJob) -> dict[str, Any]:
     else:
         batch = torch.randn(job.batch_size, 3, size, size, generator=g).to(device)
     outputs = output_similarity(original, model, spec.family, batch)
+    outputs["images"] = int(batch.shape[0])  # one batch: a similarity check, not an accuracy
     report: dict[str, Any] = {
         "backbone": job.backbone,
         "family": spec.family,
