@@ -25,7 +25,9 @@ from recast_bench.errors import UserError
 
 def _validated(cfg: DictConfig) -> DictConfig:
     """The card and per-group validation of :func:`recast_bench.config.compose_config`, on Hydra's composed config."""
-    return finish_config(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))  # detached from Hydra's flags
+    # Detached from Hydra's flags, interpolations kept: finish_config fills each method part's defaults first (an
+    # experiment's ``out`` may name ``${method.recast.templates}``, which only the dataclass holds), then resolves.
+    return finish_config(OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
