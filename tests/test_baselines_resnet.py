@@ -513,6 +513,52 @@ def test_configs_reject_bad_values(cls: type, bad: dict, match: str) -> None:
 
 
 # ---- RECAST + X ------------------------------------------------------------------------------------------------------
+def test_recast_plus_clr_stores_bn_statistics_once_and_runs_one_optimiser_as_recorded(tmp_path) -> None:  # noqa: ANN001
+    from recast_bench.engine.learner import unfreeze_for_task
+    from recast_bench.engine.module import build_optimizer
+    from recast_bench.errors import UserError
+
+    load_all()
+    cfg = {"recast": {"mimic_iters": 5, "cache": False}}
+    method = build_method("recast+clr", cfg, "resnet")
+    method.ctx = RunContext(backbone_name="resnet_tiny", family="resnet", cache_dir=str(tmp_path))
+    model = tiny_model()
+    method.setup(model)
+    method.on_task_start(model, 0, None, None)
+    recast, clr = method.parts
+    bn = recast.task_buffers(model)  # bn=per_task: every BN's running mean and variance, packed by RECAST
+    assert bn and set(bn) <= set(clr.task_buffers(model))  # CLR claims the same tensors (its per-task BN)
+    state = method.task_state(model)
+    assert state["recast.bn_statistics"].numel() == sum(v.numel() for v in bn.values())
+    assert not set(bn) & set(state)  # once: not again per tensor from CLR
+    assert set(state) == {"recast.coefficients", "recast.bn_statistics", *(set(clr.task_state(model)) - set(bn))}
+    before = {k: v.clone() for k, v in bn.items()}
+    with torch.no_grad():
+        for v in bn.values():
+            v.add_(1.0)
+    method.load_task_state(model, state)  # restored from RECAST's packed copy
+    assert all(torch.equal(bn[k], before[k]) for k in bn)
+
+    # One optimiser, RECAST's AdamW; CLR's groups (its official Adam, lr 1e-3, no weight decay) update exactly as
+    # Adam would, so what is recorded (method.clr.optimizer=adam) is what runs.
+    opt = build_optimizer(model, method, unfreeze_for_task(model, method, 0))
+    assert type(opt) is torch.optim.AdamW and clr.cfg.optimizer == "adam" and clr.cfg.weight_decay == 0
+    clr_params = {id(p) for p in clr.task_parameters(model).values()}
+    clr_groups = [g for g in opt.param_groups if any(id(p) in clr_params for p in g["params"])]
+    assert clr_groups and all(g["weight_decay"] == 0 and g["lr"] == clr.cfg.lr for g in clr_groups)
+    a = torch.randn(50, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    adam, adamw = torch.optim.Adam([a], lr=1e-3), torch.optim.AdamW([b], lr=1e-3, weight_decay=0.0)
+    for i in range(3):
+        g = torch.randn(50, generator=torch.Generator().manual_seed(i))
+        a.grad, b.grad = g.clone(), g.clone()
+        adam.step()
+        adamw.step()
+    assert torch.equal(a, b)
+    with pytest.raises(UserError, match="one adamw optimiser"):  # one that would not run as recorded: refused
+        build_method("recast+clr", {**cfg, "clr": {"optimizer": "sgd"}}, "resnet")
+
+
 @pytest.mark.parametrize("adapter", ["piggyback", "clr"])
 def test_recast_plus_adapter_builds_and_trains(adapter: str, tmp_path) -> None:  # noqa: ANN001
     load_all()
