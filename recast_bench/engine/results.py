@@ -19,8 +19,11 @@ from typing import Any
 
 import torch
 
+from recast_bench.report.predictions import FILE, save_predictions
+
 SCHEMA_VERSION = 2
-PREDICTIONS = "predictions.safetensors"
+PREDICTIONS = FILE
+"""The per-image predictions file (report/predictions.py owns its format)."""
 
 SELECTION = {
     "metric": "val/acc", "mode": "max", "ties": "latest", "epoch_index": "0-based, as logged in logs/metrics.csv",
@@ -126,21 +129,11 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 def write_predictions(path: Path, preds: dict[str, tuple[torch.Tensor, torch.Tensor] | None], meta: dict) -> None:
-    """``predictions.safetensors``: ``pred/<task>`` and ``label/<task>`` int16 per image (test-set order) for every
-    task in ``preds`` whose learner gave predictions; nothing is written when none did."""
-    from recast_bench.engine.checkpoint import save_tensors
-
-    tensors: dict[str, torch.Tensor] = {}
-    for name, pl in preds.items():
-        if pl is None:
-            continue
-        pred, label = pl
-        if pred.numel() and max(int(pred.max()), int(label.max())) > torch.iinfo(torch.int16).max:
-            raise ValueError(f"task {name!r} has more classes than int16 predictions hold")
-        tensors[f"pred/{name}"] = pred.to(torch.int16)
-        tensors[f"label/{name}"] = label.to(torch.int16)
-    if tensors:
-        save_tensors(path, tensors, {k: str(v) for k, v in meta.items()})
+    """``predictions.safetensors`` (report/predictions.py writes and reads it: one format, one writer) for every task
+    in ``preds`` whose learner gave predictions; nothing is written when none did."""
+    given = {name: pl for name, pl in preds.items() if pl is not None}
+    if given:
+        save_predictions(path, given, meta)
 
 
 def summarise(res: dict) -> dict:
