@@ -162,9 +162,7 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     configure_cublas()  # before any CUDA work: some methods run GEMMs in setup, before Lightning would set it
     load_all()
     spec = get_spec(cfg.backbone.name)
-    tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)  # type: ignore[assignment]
-    if tcfg.epochs < 1:
-        raise UserError(f"trainer.epochs must be >= 1, got {tcfg.epochs}")
+    tcfg: TrainerConfig = OmegaConf.to_object(cfg.trainer)  # type: ignore[assignment]  (__post_init__ checks it)
     apply_profile(tcfg, spec.family)
     device = run_device(tcfg)  # an unusable GPU stops here, before anything is written
     check_compile(tcfg, device)
