@@ -219,7 +219,7 @@ class Recast(Method[RecastConfig]):
 
     def task_buffers(self, model: TaskModel) -> dict[str, torch.Tensor]:
         """bn=per_task: the running mean and variance of every BatchNorm (the engine keeps these in train mode)."""
-        if getattr(self.cfg, "bn", "frozen") != "per_task":
+        if self.cfg.bn != "per_task":
             return {}
         out = {}
         for n, m in model.named_modules():
