@@ -273,6 +273,10 @@ class AvalancheLearner:
         """Training batches travel as uint8 and are finished on the device (``baselines/avalanche_device.py``)."""
         self.last_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
         """After :meth:`evaluate`: ``(pred, label)``, CPU int64 in test-set order."""
+        self.switch_ms: list[float] = []
+        """One network for every task: no task switch to time (results.json's ``task_switch_ms`` stays null)."""
+        self.compiles = False
+        """avalanche trains eagerly (``trainer.compile`` is not honoured; recorded as false)."""
         with quiet():
             self.exps = make_experiences(tasks, uint8=self.device_path)
             self.uid_starts = [int(e.dataset.uid[0]) for e in self.exps]

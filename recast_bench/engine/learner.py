@@ -49,6 +49,13 @@ class Learner(Protocol):
 
     last_predictions: tuple[torch.Tensor, torch.Tensor] | None
     """After :meth:`evaluate`: ``(pred, label)``, CPU int64 in test-set order (``None``: the learner has none)."""
+    switch_ms: list[float]
+    """Wall milliseconds of every task switch timed during evaluation (empty: the learner times none)."""
+
+    @property
+    def compiles(self) -> bool:
+        """Whether this session trains and evaluates compiled (results.json's ``compile``)."""
+        ...
 
 
 def make_loader(

@@ -217,7 +217,7 @@ def _run_locked(run: RunSetup, prev: dict | None) -> dict:
     log = TaskLog(make_logger(run.cfg.logger, run.out, f"{run.name}-{run.spec.name}-s{run.seed}", run.plain)
                   if run.rank0 else None, int(res.get("log_step", 0)))  # fmt: skip
     learner = make_learner(run, model, log)
-    compiled = bool(getattr(learner, "compiles", False))  # this session's setting, as it is actually used
+    compiled = bool(learner.compiles)  # this session's setting, as it is actually used
     res.update({"compile": compiled, "compile_backend": str(run.tcfg.compile_backend) if compiled else None})
     done = int(res["completed_tasks"])
     if done:
@@ -310,8 +310,7 @@ def train_task(run: RunSetup, learner: Learner, res: dict, t: int, log: TaskLog)
     preds, eval_s = evaluate_seen(learner, run.tasks, t, res["acc_matrix"][t])
     if run.rank0:  # before results.json: a completed task always has its predictions on disk
         write_predictions(run.out / PREDICTIONS, preds, {"after_task": task.name, "fingerprint": run.fingerprint})
-    record_task(res, t, TaskRecord(stats, sizes, getattr(learner, "switch_ms", None), time.perf_counter() - start,
-                                   eval_s))  # fmt: skip
+    record_task(res, t, TaskRecord(stats, sizes, learner.switch_ms, time.perf_counter() - start, eval_s))
     record_peak_memory(res, run.device)
     summarise(res)
     log.task_done(res, run.rank0)
@@ -369,7 +368,7 @@ def evaluate_seen(learner: Learner, tasks: list[Task], t: int, row: list) -> tup
     preds = {}
     for j in range(t + 1):
         row[j] = learner.evaluate(j, tasks[j])
-        preds[tasks[j].name] = getattr(learner, "last_predictions", None)
+        preds[tasks[j].name] = learner.last_predictions
     return preds, time.perf_counter() - start
 
 
