@@ -118,7 +118,9 @@ def variant_of(res: dict) -> str | None:
     cfg = res.get("config") or {}
     card = (cfg.get("protocol") or {}).get("card")
     if card:  # the protocol card names the row: "rosa@full" -> full, "recast" -> none (even with variant=paper)
-        return card.partition("@")[2] or None
+        from recast_bench.protocol.rows import parse_row
+
+        return parse_row(card).variant
     if cfg.get("variant"):
         return str(cfg["variant"])
     for part_cfg in (cfg.get("method") or {}).values():
