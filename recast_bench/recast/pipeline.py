@@ -121,8 +121,7 @@ def run_mimic(job: MimicJob) -> dict[str, Any]:
         batch = next(iter(loader))[0].to(device)
     else:
         batch = torch.randn(job.batch_size, 3, size, size, generator=g).to(device)
-    outputs = output_similarity(original, model, spec.family, batch)
-    outputs["images"] = int(batch.shape[0])  # one batch: a similarity check, not an accuracy
+    outputs = output_similarity(original, model, spec.family, batch) | {"images": int(batch.shape[0])}  # one batch
     report: dict[str, Any] = {
         "backbone": job.backbone,
         "family": spec.family,
