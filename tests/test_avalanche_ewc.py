@@ -117,3 +117,35 @@ def test_the_ewc_strategy_runs_the_flat_penalty() -> None:
     learner, _ = tiny_learner("ewc", "resnet_tiny")
     plugins = [p for p in learner.strategy.plugins if isinstance(p, EWCPlugin)]
     assert len(plugins) == 1 and type(plugins[0]) is FlatEWCPlugin
+
+
+class _All(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_cost_models_ewc_host_ops_are_the_counted_ones() -> None:
+    """perf/work.py charges EWC's host time from these counts (resnet_tiny has ResNet-34's 108 parameter tensors)."""
+    from recast_bench.perf.work import EWC_EXP_OPS, EWC_STEP_OPS
+
+    net = _net()
+    assert len(list(net.parameters())) == 108
+    counts = []
+    for experiences in (1, 2):
+        flat = FlatEWCPlugin(0.4, "separate")
+        _fill(flat, net, experiences)
+        _penalty(flat, net, experiences)
+        net.zero_grad()
+        s = SimpleNamespace(clock=SimpleNamespace(train_exp_counter=experiences), model=net, device="cpu")
+        s.loss = torch.zeros(())
+        mode = _All()
+        with mode:
+            flat.before_backward(s)
+            s.loss.backward()
+        counts.append(mode.ops)
+    assert counts == [EWC_STEP_OPS + EWC_EXP_OPS, EWC_STEP_OPS + 2 * EWC_EXP_OPS]

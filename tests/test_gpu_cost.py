@@ -16,7 +16,16 @@ from recast_bench.cost import Figures, bench_row, estimate, measured_figures, mo
 from recast_bench.errors import UserError
 from recast_bench.gpucheck.figures import TaskCounts, case_timing, cost_inputs
 from recast_bench.perf.flops import StepFlops, load_table
-from recast_bench.perf.work import EWC_OPS, HOST_US_PER_OP, Settings, TaskSize, Work, gdumb_memory, row_work
+from recast_bench.perf.work import (
+    EWC_EXP_OPS,
+    EWC_STEP_OPS,
+    HOST_US_PER_OP,
+    Settings,
+    TaskSize,
+    Work,
+    gdumb_memory,
+    row_work,
+)
 
 
 def _stream(**kw):  # noqa: ANN003, ANN202
@@ -69,7 +78,8 @@ def test_each_strategy_adds_what_its_source_does():
     ewc = _work("ewc")
     assert ewc.parts["train"][3] == pytest.approx(plain) and ewc.train["compiled"] == 0  # avalanche runs eager
     assert ewc.parts["ewc importance pass"][2:] == (7040, pytest.approx(7040 * 4.0))  # once per experience
-    assert ewc.host_s == pytest.approx(10 * 100 * 1 * EWC_OPS * HOST_US_PER_OP * 1e-6)  # task b: 100 steps x 1 earlier
+    # task b: 100 steps, 1 earlier experience
+    assert ewc.host_s == pytest.approx(10 * 100 * (EWC_STEP_OPS + 1 * EWC_EXP_OPS) * HOST_US_PER_OP * 1e-6)
     assert ewc.val_passes == 2 and ewc.epochs == 20 and ewc.tasks == 2  # validated once per task
     lwf = _work("lwf")  # from the 2nd experience: a second training pass and the teacher's forward
     assert lwf.parts["lwf second pass and teacher"][2:] == (64000, pytest.approx(64000 * (4.0 + 1.0)))

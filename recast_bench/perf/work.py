@@ -11,8 +11,9 @@ with the row's settings from its protocol card):
 
 * **EWC** (``training/plugins/ewc.py``): after every experience, the importance pass: forward and backward over the
   experience's training set at ``train_mb_size``; from the second experience on, the penalty of every earlier
-  experience on every parameter, in a Python loop of elementwise ops (counted: :data:`EWC_OPS` aten ops per earlier
-  experience per step on ResNet-34), host-bound: the GPU waits for the launches.
+  experience on every parameter, computed over flat tensors (``baselines/avalanche_ewc.py``, in place of avalanche's
+  per-tensor loop): :data:`EWC_STEP_OPS` aten ops per step (the parameters concatenated, and their gradients split
+  back) plus :data:`EWC_EXP_OPS` per earlier experience, host-bound: the GPU waits for the launches.
 * **LwF** (``training/regularization.py``, multi-task): from the second experience on, the teacher's forward on the
   batch (no grad) and a second forward of the current network over every head *with* gradients, whose backward runs
   too: two training passes and a forward per image.
@@ -36,9 +37,14 @@ from typing import Any
 from recast_bench.perf.flops import StepFlops
 from recast_bench.protocol.rows import parse_row
 
-EWC_OPS = 1210
-"""aten ops of avalanche's EWC penalty (forward 550 + backward 660) per earlier experience per training step on
-ResNet-34's 110 parameter tensors, counted with a dispatch mode on the real ``EWCPlugin.before_backward``."""
+EWC_STEP_OPS = 437
+"""aten ops of the flat EWC penalty per training step once any experience is done, whatever their number (108 views
+and a cat forward, 108 slices, views and gradient detaches backward), counted with a dispatch mode on
+``FlatEWCPlugin.before_backward`` and its backward on ResNet-34's 108 parameter tensors (tests/test_avalanche_ewc.py
+recounts them). Most only touch metadata; all are charged as launches, so the figure errs high."""
+EWC_EXP_OPS = 12
+"""aten ops of the flat EWC penalty per earlier experience per step (avalanche's own loop took 1,086 more: 10 per
+parameter tensor; 1,194 per experience in all on ResNet-34)."""
 HOST_US_PER_OP = 5.0
 """Host microseconds per eager op (Python dispatch and CUDA launch) where the GPU work of each op is smaller (the
 penalty's largest tensor, 2.4 M floats, streams in 3 us at 3.35 TB/s). Ours, not measured: eager PyTorch issues a
@@ -167,7 +173,7 @@ def avalanche_work(method: str, sizes: list[TaskSize], epochs: int, row: StepFlo
         if method == "ewc":
             w.add("ewc importance pass", z.train, step, "eager")
             steps = epochs * -(-z.train // s.batch)
-            w.host_s += steps * t * EWC_OPS * HOST_US_PER_OP * 1e-6
+            w.host_s += steps * (EWC_STEP_OPS + t * EWC_EXP_OPS) * HOST_US_PER_OP * 1e-6 if later else 0.0
         elif method == "lwf" and later:
             w.add("lwf second pass and teacher", epochs * z.train, step + fwd, "eager")
         elif method in ("er-ace", "derpp") and later:
