@@ -30,7 +30,7 @@ from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.module import TaskModule, count
 from recast_bench.engine.timing import StepTimer, sync
 from recast_bench.errors import UserError
-from recast_bench.recast.layers import REPARAM_TYPES
+from recast_bench.recast.layers import regenerate
 from recast_bench.seed import loader_generator, worker_init
 
 STATE_FILE = "state.safetensors"
@@ -340,10 +340,7 @@ class LightningLearner:
         sync(self.device)
         start = time.perf_counter()
         self._load_task_state(t, self._states[t])
-        with torch.no_grad():
-            for m in self.model.modules():
-                if isinstance(m, REPARAM_TYPES):
-                    m.weight  # noqa: B018 (fills the generated-weight cache)
+        regenerate(self.model.modules())
         sync(self.device)
         self._current = t
         return (time.perf_counter() - start) * 1000.0

@@ -23,6 +23,7 @@ from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel
 from recast_bench.perf.common import median
 from recast_bench.perf.inference import perturb_coefficients
+from recast_bench.recast.layers import regenerate
 
 
 def split_head(state: dict[str, torch.Tensor], t: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -33,14 +34,6 @@ def split_head(state: dict[str, torch.Tensor], t: int) -> tuple[dict[str, torch.
     return {k: v for k, v in state.items() if not k.startswith(head)}, {
         k: v for k, v in state.items() if k.startswith(head)
     }
-
-
-def regenerate(layers: list[torch.nn.Module]) -> None:
-    """Fill every generated-weight layer's inference cache now, so the next forward runs at the plain model's speed
-    (RECAST; a no-op for a method without generated weights)."""
-    with torch.no_grad():
-        for m in layers:
-            m.weight  # noqa: B018 (fills the layer's inference cache)
 
 
 def switch_task(model: TaskModel, method: Method, own: dict, head: dict, layers: list[torch.nn.Module]) -> None:

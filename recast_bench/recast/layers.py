@@ -14,6 +14,7 @@ registered once (by the surgery, under ``backbone.recast_banks``), so its parame
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +211,15 @@ class ReparamConv2d(_Reparam):
 
 
 REPARAM_TYPES = (ReparamLinear, ReparamConv2d)
+
+
+def regenerate(layers: Iterable[nn.Module]) -> None:
+    """Fill every generated-weight layer's inference cache now, so the next forward runs at the plain model's speed
+    (the second half of a task switch: the engine's learner, perf and the deploy bench all switch through this)."""
+    with torch.no_grad():
+        for m in layers:
+            if isinstance(m, REPARAM_TYPES):
+                m.weight  # noqa: B018 (fills the layer's inference cache)
 
 
 def joint_orthogonal_(coefficients: list[torch.Tensor], gain: float = 1.0) -> None:
