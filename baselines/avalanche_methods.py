@@ -37,8 +37,12 @@ class AvalancheConfig(MethodConfig):
     lr: float = 0.01
     """SGD learning rate, the value avalanche-lib's examples use for its strategy wrappers."""
     optimizer: str = "sgd"
+    """Ours (flagged on the table 1 card): avalanche's strategies take an optimizer and have no default; SGD with
+    momentum 0.9, as avalanche-lib's examples."""
     momentum: float = 0.9
+    """avalanche-lib's examples (see ``optimizer``)."""
     weight_decay: float = 0.0
+    """avalanche-lib's examples (see ``optimizer``)."""
     eval_mb_size: int | None = None
     """Avalanche's evaluation batch size (DER, ER-ACE and L2P default to 1); ``None``: trainer.eval_batch_size."""
     lr_schedule: bool = True
@@ -128,7 +132,9 @@ class L2PConfig(AvalancheConfig):
     lr: float = 0.03
     """Adam learning rate: avalanche LearningToPrompt default (L2P paper: 0.03 with batch 128)."""
     optimizer: str = "adam"
+    """avalanche LearningToPrompt: Adam (official)."""
     momentum: float = 0.0
+    """Unused by Adam."""
     pool_size: int = 10
     """L2P paper: prompt pool M = 10."""
     prompt_length: int = 5

@@ -21,6 +21,7 @@ class FinetuneConfig(MethodConfig):
     lr: float = 1e-4
     """Full-network fine-tuning needs a much smaller step than head/adapter training."""
     weight_decay: float = 1e-6
+    """RECAST paper section 3: 1e-6."""
     train_bn_stats: bool = True
     """Let BN running statistics follow each new task (they are shared state, saved to resume)."""
 

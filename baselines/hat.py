@@ -90,6 +90,7 @@ class HatConfig(MethodConfig):
     optimizer: str = "sgd"
     """hat.py: ``torch.optim.SGD`` without momentum."""
     momentum: float = 0.0
+    """hat.py: no momentum."""
     weight_decay: float = 0.0
     """hat.py: no weight decay (it would move frozen units' weights)."""
     smax: float = 400.0

@@ -217,7 +217,9 @@ class RosaConfig(MethodConfig):
     """Scale alpha / r. Official: lora_alpha 16 (legacy yamls, llama3 example; peft-rosa scales alpha / r). The
     official runs pair it with r=16 (scale 1); with the paper's r=1 the scale is 16. Paper: unstated."""
     lora_targets: list[str] | None = None
+    """Null: from the variant (sparse_mlp: none; full: q, k, v, proj, the fused qkv as one module)."""
     sparse_targets: list[str] | None = None
+    """Null: from the variant (sparse_mlp: fc1, fc2; full: q, k, v, proj)."""
     density: float | None = None
     """Fraction of each sparse part's entries that train (top ``int(density * numel)`` by squared gradient)."""
     lora_lr: float | None = None
