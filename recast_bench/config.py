@@ -230,7 +230,7 @@ PRECISIONS = (
     "64-true", "64", "32", "16", "bf16",
 )  # fmt: skip
 """Lightning's precision inputs (``lightning.fabric.connector._PRECISION_INPUT_STR`` and its aliases)."""
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 def _at_least(name: str, value: Any, low: int) -> None:

@@ -5,11 +5,13 @@ state dict stay what they were: task states, checkpoints, the feature cache and 
 head stays eager (one small matmul; compiling it would specialise a graph on each task's head). ``linear`` trains
 its head on cached features and compiles nothing (results.json then records ``compile: false``).
 
-Only training runs compiled. Validation and test evaluation run the same module eagerly (:func:`eager`): they are
+Only training runs compiled: the compiled forward is kept aside and swapped in only around ``trainer.fit``
+(:func:`compiled`), so anything outside training runs eager without having to ask: the methods' data-driven hooks
+(RoSA's gradient probe, InfLoRA's input covariance), test evaluation, the task-agnostic scoring after the last task.
+Validation, inside fit, runs eager through :func:`eager`. Evaluation passes are
 forward passes over a tenth of the training images (validation) or once per task (test), a few per cent of a run's
 FLOPs, so compiling them could save at most about as much, while each would cost another graph to compile (grad
 mode, batch size and inference tensors are all guarded) and another place for compiled and eager results to differ.
-The methods' data-driven hooks (RoSA's gradient probe, InfLoRA's input covariance) run eagerly too.
 
 Graphs and recompiles. Dynamo guards a graph on the grad mode, on every module's ``training`` flag (frozen
 BatchNorms run in eval mode), on every parameter's ``requires_grad`` (the task's freezing pattern) and on input
@@ -57,9 +59,7 @@ def check_compile(tcfg: Any, device: torch.device) -> None:
     """A bad backend, or inductor without its compiler, is one line before anything runs (not a traceback mid-task)."""
     if not tcfg.compile:
         return
-    backend = str(tcfg.compile_backend)
-    if backend not in BACKENDS:
-        raise UserError(f"trainer.compile_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    backend = str(tcfg.compile_backend)  # one of config.COMPILE_BACKENDS (TrainerConfig checks it)
     if backend != "inductor":
         return
     if device.type == "cuda":
@@ -82,24 +82,38 @@ def check_compile(tcfg: Any, device: torch.device) -> None:
             ) from None
 
 
+COMPILED = "_recast_bench_compiled"
+"""The attribute holding a backbone's compiled forward between the trainings it runs in."""
+
+
 def compile_backbone(backbone: nn.Module, backend: str) -> None:
-    """Compile ``backbone``'s forward in place (idempotent)."""
-    if getattr(backbone, "_compiled_call_impl", None) is not None:
+    """Compile ``backbone``'s forward once (idempotent) and keep it aside: it runs only inside :func:`compiled`, so
+    everything outside training (the methods' hooks, evaluation, task-agnostic scoring) runs eager by default."""
+    if getattr(backbone, COMPILED, None) is not None:
         return
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     backbone.compile(backend=backend)
+    setattr(backbone, COMPILED, backbone._compiled_call_impl)
+    backbone._compiled_call_impl = None
 
 
-def is_compiled(module: nn.Module) -> bool:
-    return getattr(module, "_compiled_call_impl", None) is not None
+@contextlib.contextmanager
+def compiled(module: nn.Module) -> Iterator[None]:
+    """Run ``module``'s compiled forward (if :func:`compile_backbone` made one) inside the block: training."""
+    saved = module._compiled_call_impl
+    module._compiled_call_impl = getattr(module, COMPILED, None)
+    try:
+        yield
+    finally:
+        module._compiled_call_impl = saved
 
 
 @contextlib.contextmanager
 def eager(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` uncompiled inside the block: the methods' data-driven hooks (RoSA's gradient probe, InfLoRA's
-    input covariance) add module hooks and run once per task, where a compile would cost more than it saves."""
+    """Run ``module`` uncompiled inside a :func:`compiled` block: validation between training epochs (a few per cent
+    of a run's work, where an inference graph would cost more than it saves)."""
     saved = getattr(module, "_compiled_call_impl", None)
     module._compiled_call_impl = None
     try:

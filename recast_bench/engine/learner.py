@@ -21,15 +21,16 @@ from torch.utils.data import DataLoader
 from recast_bench.config import TrainerConfig
 from recast_bench.data.stream import Task
 from recast_bench.engine.checkpoint import load_tensors, save_tensors, tensor_metadata
-from recast_bench.engine.compile import compile_backbone, eager
+from recast_bench.engine.compile import compile_backbone, compiled
 from recast_bench.engine.device import apply_profile, to_channels_last
 from recast_bench.engine.evaluate import EvalSetup, predict, shard_for_rank
 from recast_bench.engine.features import TaskInputs, eval_inputs, feature_cache_for, task_inputs
 from recast_bench.engine.method import Method, assign_state
 from recast_bench.engine.model import TaskModel, head_key
 from recast_bench.engine.module import TaskModule, count
-from recast_bench.engine.timing import StepTimer, sync
+from recast_bench.engine.timing import StepTimer
 from recast_bench.errors import UserError
+from recast_bench.perf.common import sync
 from recast_bench.recast.layers import regenerate
 from recast_bench.seed import loader_generator, worker_init
 
@@ -195,7 +196,8 @@ class LightningLearner:
         callbacks = [timer, *(self.callbacks_factory(t, task) if self.callbacks_factory else [])]
         trainer = self._trainer(callbacks)
         start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
+        with compiled(m.backbone):  # only training runs compiled (engine/compile.py)
+            trainer.fit(module, train_dataloaders=data.train, val_dataloaders=data.val)
         train_s = time.perf_counter() - start
         # Lightning's teardown has moved the module to the CPU: evaluate (and run on_task_end) where it trained.
         self.device = trainer.strategy.root_device
@@ -203,8 +205,7 @@ class LightningLearner:
         if best.state is not None:  # restore the epoch selected on val
             self._restore_snapshot(t, best.state)
         m.requires_grad_(False)
-        with eager(m.backbone):  # the documented order (engine/method.py): after the best epoch is restored
-            self.method.on_task_end(m, t, task, data.hook)
+        self.method.on_task_end(m, t, task, data.hook)  # engine/method.py's order: after the best epoch is restored
         self._states[t] = self._task_state(t)
         self._current = t
         return {
@@ -228,8 +229,7 @@ class LightningLearner:
         val_loader = make_loader(inputs.val, self.tcfg.eval_batch_size, False, self.tcfg, self.seed)
         # Data-driven hooks (RoSA, InfLoRA) feed the backbone themselves: they get model-ready float images.
         hook_loader = make_loader(task.train, self.tcfg.batch_size, True, self.tcfg, self.seed + t, persistent=False)
-        with eager(m.backbone):
-            self.method.on_task_start(m, t, task, hook_loader)
+        self.method.on_task_start(m, t, task, hook_loader)
         m.add_head(t, task.num_classes)
         if self.tcfg.channels_last:  # after on_task_start and add_head: every conv weight, old and new, is NHWC
             to_channels_last(m)
@@ -355,7 +355,6 @@ class LightningLearner:
         test, sharded = shard_for_rank(test)
         loader = make_loader(test, self.tcfg.eval_batch_size, False, self.tcfg, self.seed, persistent=False)
         setup = EvalSetup(self.device, self.tcfg.precision, bool(self.tcfg.channels_last), sharded, transform)
-        with eager(self.model.backbone):  # engine/compile.py: only training runs compiled
-            out = predict(model, t, loader, task.num_classes, setup)
+        out = predict(model, t, loader, task.num_classes, setup)  # eager: only training runs compiled
         self.last_predictions = (out.pred, out.label)
         return out.acc
