@@ -135,6 +135,8 @@ class RunSetup:
     out: Path
     fingerprint: str
     tasks: list[Task]
+    split_hashes: dict
+    """Per task, the SHA-256 of every split it uses (data/hashes.py), computed once per session."""
     backbone: nn.Module
     weights_path: str | None
     image_size: int
@@ -194,12 +196,13 @@ def run(cfg: DictConfig, echo: bool = True) -> dict:
     )
     if prev is not None and prev["tasks"] != [t.name for t in tasks]:
         raise UserError(f"{out} holds a run over tasks {prev['tasks']}, not this stream; use another --out")
+    hashes = split_hashes(tasks)
     if prev is not None:  # same task names, other files or labels: refused as a changed config is
-        check_split_hashes(prev.get("split_hashes"), split_hashes(tasks), out)
+        check_split_hashes(prev.get("split_hashes"), hashes, out)
     setup = RunSetup(
         cfg=cfg, plain=plain, tcfg=tcfg, spec=spec, method=method, out=out, fingerprint=fp, tasks=tasks,
-        backbone=backbone, weights_path=weights_path, image_size=image_size, device=device, rank0=rank0,
-        echo=echo and rank0,
+        split_hashes=hashes, backbone=backbone, weights_path=weights_path, image_size=image_size, device=device,
+        rank0=rank0, echo=echo and rank0,
     )  # fmt: skip
 
     if rank0:
@@ -263,7 +266,7 @@ def start_results(run: RunSetup, model: TaskModel, prev: dict | None) -> dict:
     )  # fmt: skip
     upgrade_results(res)  # a run started before schema 2 gains its new keys (null for the tasks it already did)
     res.update(device_record(run.device, run.tcfg))  # where this (possibly resumed) session runs
-    res.setdefault("split_hashes", split_hashes(run.tasks))  # a run from before split hashes gets them on resume
+    res.setdefault("split_hashes", run.split_hashes)  # a run from before split hashes gets them on resume
     return res
 
 
