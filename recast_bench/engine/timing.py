@@ -27,18 +27,14 @@ from typing import Any
 import lightning as L
 import torch
 
+from recast_bench.perf.common import sync
+
 WARMUP_STEPS = 10
 """Steps excluded at the start of every epoch (fewer when an epoch is short: at most half of its steps)."""
 
 
 def warmup_steps(steps_per_epoch: int) -> int:
     return min(WARMUP_STEPS, max(0, steps_per_epoch // 2))
-
-
-def sync(device: torch.device) -> None:
-    """Wait for ``device``'s queued work (a no-op on the CPU, whose work is done when the call returns)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class StepTimer(L.Callback):
