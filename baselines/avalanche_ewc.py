@@ -16,10 +16,23 @@ was saved (avalanche's expanding heads) keeps avalanche's own per-tensor expand-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from avalanche.training.plugins import EWCPlugin
+
+
+@dataclass
+class _Anchor:
+    """One finished experience's anchors and importances, flat, for the parameters whose shape is unchanged."""
+
+    key: tuple[int, int]
+    names: tuple[str, ...]
+    grown: tuple[str, ...]
+    """Saved parameters whose shape grew since (avalanche's expanding heads): avalanche's per-tensor term."""
+    saved: torch.Tensor | None
+    imp: torch.Tensor | None
 
 
 class FlatEWCPlugin(EWCPlugin):
@@ -27,7 +40,7 @@ class FlatEWCPlugin(EWCPlugin):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._flat: dict[int, tuple[tuple[str, ...], torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
+        self._flat: dict[int, _Anchor] = {}
 
     @classmethod
     def replacing(cls, plugin: EWCPlugin) -> FlatEWCPlugin:
@@ -37,21 +50,24 @@ class FlatEWCPlugin(EWCPlugin):
         flat._flat = {}
         return flat
 
-    def _flat_anchor(
-        self, e: int, params: dict[str, torch.Tensor]
-    ) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    def _flat_anchor(self, e: int, params: dict[str, torch.Tensor]) -> _Anchor:
         saved, imp = self.saved_params[e], self.importances[e]
         # the dictionaries are replaced, never edited, once their experience is done (after_training_exp writes the
         # current experience's; a checkpoint load swaps both), so their identity keys the cache
         key = (id(saved), id(imp))
         hit = self._flat.get(e)
-        if hit is not None and hit[3] == key:
-            return hit[0], hit[1], hit[2]
+        if hit is not None and hit.key == key:
+            return hit
         names = tuple(k for k, p in params.items() if k in saved and saved[k].data.shape == p.shape)
-        flat_saved = torch.cat([saved[k].data.reshape(-1) for k in names]) if names else None
-        flat_imp = torch.cat([imp[k].data.reshape(-1) for k in names]) if names else None
-        self._flat[e] = (names, flat_saved, flat_imp, key)
-        return names, flat_saved, flat_imp
+        anchor = _Anchor(
+            key=key,
+            names=names,
+            grown=tuple(k for k in params if k in saved and k not in names),
+            saved=torch.cat([saved[k].data.reshape(-1) for k in names]) if names else None,
+            imp=torch.cat([imp[k].data.reshape(-1) for k in names]) if names else None,
+        )
+        self._flat[e] = anchor
+        return anchor
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         exp_counter = strategy.clock.train_exp_counter
@@ -64,22 +80,15 @@ class FlatEWCPlugin(EWCPlugin):
         penalty = torch.zeros((), device=strategy.device)
         live: dict[tuple[str, ...], torch.Tensor] = {}  # the concatenated parameters, once per step per name set
         for e in experiences:
-            names, flat_saved, flat_imp = self._flat_anchor(e, params)
-            if names:
-                if names not in live:
-                    live[names] = torch.cat([params[k].reshape(-1) for k in names])
-                penalty = penalty + (flat_imp * (live[names] - flat_saved).square()).sum()
-            penalty = penalty + self._grown_penalty(e, params, set(names))
+            a = self._flat_anchor(e, params)
+            if a.names:
+                if a.names not in live:
+                    live[a.names] = torch.cat([params[k].reshape(-1) for k in a.names])
+                penalty = penalty + (a.imp * (live[a.names] - a.saved).square()).sum()
+            for k in a.grown:  # avalanche's own term: it expands the saved data to the grown shape
+                p, saved, imp = params[k], self.saved_params[e][k], self.importances[e][k]
+                penalty = penalty + (imp.expand(p.shape) * (p - saved.expand(p.shape)).pow(2)).sum()
         strategy.loss += self.ewc_lambda * penalty
-
-    def _grown_penalty(self, e: int, params: dict[str, torch.Tensor], flat: set[str]) -> torch.Tensor | float:
-        """avalanche's own term for parameters whose shape grew since experience ``e`` (it expands the saved data)."""
-        out: torch.Tensor | float = 0.0
-        saved, imp = self.saved_params[e], self.importances[e]
-        for k, p in params.items():
-            if k in saved and k not in flat:
-                out = out + (imp[k].expand(p.shape) * (p - saved[k].expand(p.shape)).pow(2)).sum()
-        return out
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, **kwargs)

@@ -64,7 +64,7 @@ BASIS = {
     "loader": "1.15 vs 0.32 CPU ms per image per core (measured here, README), 16 CPUs per GPU",
     "fixed": "0.2 s per epoch, 0.1 s per validation, 5 s per task (+10 s compiling), 20 s per run: modelled",
     "features": "linear's frozen features once per backbone, instead of 100 epochs forward through the backbone",
-    "ewc": "EWC's flat penalty: 437 counted aten ops per step plus 12 per earlier experience, 5 us each of "
+    "ewc": "EWC's flat penalty: 437 counted aten ops per step plus 11 per earlier experience, 5 us each of "
     "host work (ours)",
     "strategies": "avalanche-lib 0.6 sources: EWC's importance pass, LwF's teacher and second pass, ER-ACE/DER++ "
     "replay batches, DER++'s buffer logits (counted FLOPs; not a modelled factor)",

@@ -42,8 +42,8 @@ EWC_STEP_OPS = 437
 and a cat forward, 108 slices, views and gradient detaches backward), counted with a dispatch mode on
 ``FlatEWCPlugin.before_backward`` and its backward on ResNet-34's 108 parameter tensors (tests/test_avalanche_ewc.py
 recounts them). Most only touch metadata; all are charged as launches, so the figure errs high."""
-EWC_EXP_OPS = 12
-"""aten ops of the flat EWC penalty per earlier experience per step (avalanche's own loop took 1,086 more: 10 per
+EWC_EXP_OPS = 11
+"""aten ops of the flat EWC penalty per earlier experience per step (avalanche's own loop took 1,183 more: 11 per
 parameter tensor; 1,194 per experience in all on ResNet-34)."""
 HOST_US_PER_OP = 5.0
 """Host microseconds per eager op (Python dispatch and CUDA launch) where the GPU work of each op is smaller (the
