@@ -43,8 +43,9 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def build_run_overrides(args: argparse.Namespace) -> list[str]:
-    """``run``'s names as Hydra overrides: method parts and variant, backbone, stream, seed, then the user's.
+def build_run_overrides(args: argparse.Namespace, stream: list[str]) -> list[str]:
+    """``run``'s names as Hydra overrides: method parts and variant, backbone, ``stream`` (the overrides
+    :func:`recast_bench.data.streamfile.stream_overrides` made of ``--stream``), seed, then the user's.
 
     ``--method NAME@VARIANT`` is split by :func:`recast_bench.protocol.rows.parse_row` and its name by
     :func:`recast_bench.registry.parse_method_name`; paths are never overrides (see :func:`run_values`).
@@ -58,10 +59,7 @@ def build_run_overrides(args: argparse.Namespace) -> list[str]:
     ov = [f"method=[{','.join(parts)}]", f"method_name={name}", *Row(name, row.variant).variant_overrides()]
     if args.backbone:
         ov.append(f"backbone={args.backbone}")
-    if args.stream:
-        from recast_bench.data.streamfile import stream_overrides
-
-        ov += stream_overrides(args.stream)[0]  # a stream file's path never becomes an override
+    ov += stream  # a stream file's path never becomes an override
     if args.seed is not None:
         ov.append(f"seed={args.seed}")
     return ov + list(args.overrides)
@@ -80,11 +78,14 @@ def run_config(args: argparse.Namespace) -> DictConfig:
 
     _check_group_option("backbone", args.backbone)
     values = run_values(args)
+    stream: list[str] = []
     if args.stream and is_stream_path(args.stream):
-        values["stream.file"] = str(stream_overrides(args.stream)[1])  # checked now: a bad stream file is one line
+        stream, path = stream_overrides(args.stream)  # read and checked once: a bad stream file is one line
+        values["stream.file"] = str(path)
     else:
         _check_group_option("stream", args.stream)
-    overrides = build_run_overrides(args)
+        stream = stream_overrides(args.stream)[0] if args.stream else []
+    overrides = build_run_overrides(args, stream)
     if args.experiment:
         overrides.insert(0, f"experiment={args.experiment}")  # defaults: optional experiment
     return compose_config(overrides, values=values)

@@ -170,12 +170,11 @@ def count_step(train_fn: StepFn, eval_fn: EvalFn, modules: list[nn.Module], size
 # ---- building a row as a run does ---------------------------------------------------------------------------------
 def _compose(card: Any, backbone: str, extra: list[str]) -> Any:
     """The config ``recast-bench run --method ... --backbone ...`` composes for ``card`` (its variant included)."""
-    from recast_bench.cli import build_parser, build_run_overrides
-    from recast_bench.config import compose_config
+    from recast_bench.cli import build_parser, run_config
 
     args = build_parser().parse_args(["run", "--method", card.id, "--backbone", backbone])  # NAME@VARIANT: the CLI's
     args.overrides = list(extra)
-    return compose_config(build_run_overrides(args))
+    return run_config(args)
 
 
 STRUCTURE_ONLY = {
