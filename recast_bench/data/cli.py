@@ -122,7 +122,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from recast_bench.config import compose_config
     from recast_bench.data.images import CachedImages
     from recast_bench.data.stream import SPLITS, build_stream
-    from recast_bench.data.streamfile import attach_stream_file, stream_overrides
+    from recast_bench.data.streamfile import stream_overrides
 
     stream, stream_file = stream_overrides(args.stream)  # a stream file's path is never parsed as an override
     overrides = list(stream)
@@ -131,8 +131,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     overrides += list(args.overrides)
     keys = {"data_dir": "paths.data_dir", "cache_dir": "paths.cache_dir", "root": "stream.root"}
     paths = {key: str(getattr(args, opt)) for opt, key in keys.items() if getattr(args, opt)}  # set, never parsed
+    if stream_file is not None:
+        paths["stream.file"] = str(stream_file)
     cfg = compose_config(overrides, values=paths)
-    attach_stream_file(cfg, stream_file)
     cache_dir = str(cfg.paths.cache_dir)
     if not cfg.stream.cache:
         raise UserError("stream.cache=false: there is no cache to prepare")

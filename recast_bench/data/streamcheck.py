@@ -53,12 +53,13 @@ def cmd_check_stream(args: argparse.Namespace) -> int:
     """Build ``args.stream`` without the cache and print its tasks (``--json``: as JSON)."""
     from recast_bench.config import compose_config
     from recast_bench.data.stream import build_stream
-    from recast_bench.data.streamfile import attach_stream_file, stream_overrides
+    from recast_bench.data.streamfile import stream_overrides
 
     overrides, stream_file = stream_overrides(args.stream)
-    cfg = compose_config([*overrides, *args.overrides])
-    attach_stream_file(cfg, stream_file)
-    cfg.stream.root = str(args.root)  # set, not overridden: a path may hold '=' or ','
+    values = {"stream.root": str(args.root)}  # set, not overridden: a path may hold '=' or ','
+    if stream_file is not None:
+        values["stream.file"] = str(stream_file)
+    cfg = compose_config([*overrides, *args.overrides], values=values)
     cfg.stream.cache = False  # counts and hashes need no pixels
     cfg.stream.normalization = "imagenet"  # dataset statistics would decode every image
     tasks = build_stream(cfg.stream, image_size=args.image_size, cache_dir=None)

@@ -193,7 +193,8 @@ def stream_overrides(value: str) -> tuple[list[str], Path | None]:
     """A ``--stream`` value as Hydra overrides, plus the stream file when it is one.
 
     A conf/ name becomes ``stream=NAME``. A file is read and checked here; only its (checked) name becomes an
-    override (``stream.name``), and its path is returned for :func:`attach_stream_file`, never parsed by Hydra.
+    override (``stream.name``), and its path is returned to be set on the composed config
+    (``compose_config(values=...)``), never parsed by Hydra.
     """
     if not is_stream_path(value):
         return [f"stream={value}"], None
@@ -201,7 +202,3 @@ def stream_overrides(value: str) -> tuple[list[str], Path | None]:
     return [f"stream.name={spec.name}"], spec.path
 
 
-def attach_stream_file(cfg, path: Path | None) -> None:  # noqa: ANN001 (composed DictConfig)
-    """Point a composed config's stream at a stream file (after composition: the path bypasses Hydra)."""
-    if path is not None:
-        cfg.stream.file = str(path)
