@@ -12,9 +12,9 @@ from recast_bench.report import paper, stats
 from recast_bench.report.analysis import TableAnalysis
 from recast_bench.report.collect import Group, Inputs, label_of
 from recast_bench.report.compare import mark
-from recast_bench.report.table import Row, Table, ci_cell, fmt, interval_values
+from recast_bench.report.table import Row, Table, ci_cell, interval_values
 
-__all__ = ["Table", "fmt"]  # re-exported: report.cli and older callers import them from here
+__all__ = ["Table"]  # re-exported: report.cli imports it from here
 
 PAPER_BACKBONE_NAMES = {"resnet34": "ResNet-34", "vit_small": "ViT-S"}
 
