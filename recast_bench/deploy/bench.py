@@ -42,7 +42,8 @@ def measure_method(name: str, backbone: str, repeats: int, workdir: Path, agnost
 
     from recast_bench.deploy.pack import pack_tensors, summary
     from recast_bench.engine.checkpoint import load_tensors, save_tensors
-    from recast_bench.perf.switch import split_head, switch_task
+    from recast_bench.engine.model import split_head
+    from recast_bench.perf.switch import switch_task
     from recast_bench.recast.surgery import reparam_modules
 
     spec, model, method = _random_model(name, backbone, workdir)

@@ -52,14 +52,15 @@ def write_pack(run: LoadedRun, path: str | Path, force: bool = False) -> dict[st
 
 def summary(states: dict[int, dict[str, torch.Tensor]], names: list[str], total: int) -> dict[str, Any]:
     """Bytes per task: the task's own state (e.g. RECAST coefficients) and its head, tensor data only."""
-    from recast_bench.engine.model import head_key
+    from recast_bench.engine.model import split_head
+
+    def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+        return sum(v.numel() * v.element_size() for v in tensors.values())
 
     per_task = {}
     for t, state in states.items():
-        head = f"heads.{head_key(t)}."
-        own = sum(v.numel() * v.element_size() for k, v in state.items() if not k.startswith(head))
-        head_b = sum(v.numel() * v.element_size() for k, v in state.items() if k.startswith(head))
-        per_task[names[t]] = {"state_bytes": own, "head_bytes": head_b}
+        own, head = split_head(state, t)
+        per_task[names[t]] = {"state_bytes": nbytes(own), "head_bytes": nbytes(head)}
     return {"file_bytes": total, "tasks": len(names), "file_bytes_per_task": total / max(1, len(names)),
             "per_task": per_task}  # fmt: skip
 

@@ -26,7 +26,7 @@ from recast_bench.engine.device import apply_profile, to_channels_last
 from recast_bench.engine.evaluate import EvalSetup, predict, shard_for_rank
 from recast_bench.engine.features import TaskInputs, eval_inputs, feature_cache_for, task_inputs
 from recast_bench.engine.method import Method, assign_state
-from recast_bench.engine.model import TaskModel, head_key
+from recast_bench.engine.model import TaskModel, head_key, head_prefix, split_head
 from recast_bench.engine.module import TaskModule, count
 from recast_bench.engine.timing import StepTimer
 from recast_bench.errors import UserError
@@ -277,24 +277,21 @@ class LightningLearner:
     # ---- state ----------------------------------------------------------------------------------------------
     def _task_state(self, t: int) -> dict[str, torch.Tensor]:
         state = self.method.task_state(self.model)
-        return {**state, **{f"heads.{head_key(t)}.{k}": v.detach().clone() for k, v in self._head(t).items()}}
+        return {**state, **{head_prefix(t) + k: v.detach().clone() for k, v in self._head(t).items()}}
 
     def _head(self, t: int) -> dict[str, torch.Tensor]:
         return dict(self.model.heads[head_key(t)].state_dict())
 
     def _load_task_state(self, t: int, state: dict[str, torch.Tensor]) -> None:
-        prefix = f"heads.{head_key(t)}."
-        own = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        head = {k: v for k, v in state.items() if k.startswith(prefix)}
+        own, head = split_head(state, t)
         self.method.load_task_state(self.model, own)
         assign_state(self.model, head)
 
     def save_task(self, t: int, task: Task, task_dir: Path) -> dict:
         state = self._states[t]
-        prefix = f"heads.{head_key(t)}."
         meta = {"fingerprint": self.fingerprint, "task": task.name, "task_index": str(t)}
-        own = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        head = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        own, head = split_head(state, t)
+        head = {k[len(head_prefix(t)) :]: v for k, v in head.items()}
         n_bytes = save_tensors(task_dir / STATE_FILE, own, meta) if own else 0
         head_bytes = save_tensors(task_dir / HEAD_FILE, head, meta)
         return {"bytes": n_bytes, "head_bytes": head_bytes}
@@ -308,9 +305,8 @@ class LightningLearner:
         head = load_tensors(task_dir / HEAD_FILE)
         self.model.add_head(t, int(head["weight"].shape[0]))
         own = load_tensors(task_dir / STATE_FILE) if (task_dir / STATE_FILE).exists() else {}
-        prefix = f"heads.{head_key(t)}."
         try:
-            self._load_task_state(t, {**own, **{prefix + k: v for k, v in head.items()}})
+            self._load_task_state(t, {**own, **{head_prefix(t) + k: v for k, v in head.items()}})
         except ValueError as e:
             raise UserError(f"checkpoint {task_dir} does not fit this model: {e}") from None
         self._states[t] = self._task_state(t)

@@ -11,6 +11,19 @@ def head_key(task_index: int) -> str:
     return f"t{task_index}"
 
 
+def head_prefix(task_index: int) -> str:
+    """The prefix of task ``task_index``'s head entries in a saved task state."""
+    return f"heads.{head_key(task_index)}."
+
+
+def split_head(state: dict[str, torch.Tensor], t: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(the method's own state, task t's head)`` of one task's saved tensors (head keys ``heads.<key>.*``)."""
+    prefix = head_prefix(t)
+    return {k: v for k, v in state.items() if not k.startswith(prefix)}, {
+        k: v for k, v in state.items() if k.startswith(prefix)
+    }
+
+
 class TaskModel(nn.Module):
     """A backbone mapping images to ``[B, num_features]`` features, and a head per task.
 

@@ -26,16 +26,6 @@ from recast_bench.perf.inference import perturb_coefficients
 from recast_bench.recast.layers import regenerate
 
 
-def split_head(state: dict[str, torch.Tensor], t: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(the method's own state, task t's head)`` of one task's saved tensors (head keys ``heads.<key>.*``)."""
-    from recast_bench.engine.model import head_key
-
-    head = f"heads.{head_key(t)}."
-    return {k: v for k, v in state.items() if not k.startswith(head)}, {
-        k: v for k, v in state.items() if k.startswith(head)
-    }
-
-
 def switch_task(model: TaskModel, method: Method, own: dict, head: dict, layers: list[torch.nn.Module]) -> None:
     """Make a task current: its own state through ``method.load_task_state``, its head, then :func:`regenerate`."""
     method.load_task_state(model, own)
