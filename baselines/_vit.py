@@ -167,28 +167,28 @@ class RowAdaptedLinear(Foldable, nn.Module):
         ``y`` costs a zero-filled full-size gradient per part in the backward pass, the concatenation here only views.
         """
         ref = next(iter(parts.values()))
-        chunks, cursor = [], 0
-        for part, (start, stop) in self.parts.items():
-            if start > cursor:
-                chunks.append(ref.new_full((*ref.shape[:-1], start - cursor), fill))
-            chunks.append(parts[part])
-            cursor = stop
-        if cursor < self.out_features:
-            chunks.append(ref.new_full((*ref.shape[:-1], self.out_features - cursor), fill))
+        chunks = [parts[part] if part is not None else ref.new_full((*ref.shape[:-1], stop - start), fill)
+                  for part, start, stop in self._spans()]  # fmt: skip
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, -1)
 
     def effective_weight(self) -> torch.Tensor:
         """The merged weight: the base rows, each part's rows replaced by :meth:`adapt_rows`."""
         w = self.base.weight
-        chunks, cursor = [], 0
+        chunks = [w[start:stop] if part is None else self.adapt_rows(part, w[start:stop])
+                  for part, start, stop in self._spans()]  # fmt: skip
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
+
+    def _spans(self) -> list[tuple[str | None, int, int]]:
+        """The output rows in order as ``(part, start, stop)``, ``part`` ``None`` for rows of no part."""
+        spans, cursor = [], 0
         for part, (start, stop) in self.parts.items():
             if start > cursor:
-                chunks.append(w[cursor:start])
-            chunks.append(self.adapt_rows(part, w[start:stop]))
+                spans.append((None, cursor, start))
+            spans.append((part, start, stop))
             cursor = stop
-        if cursor < w.shape[0]:
-            chunks.append(w[cursor:])
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, 0)
+        if cursor < self.out_features:
+            spans.append((None, cursor, self.out_features))
+        return spans
 
     def merged_weight(self) -> torch.Tensor:
         return self.effective_weight()
