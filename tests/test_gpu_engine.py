@@ -22,6 +22,7 @@ from recast_bench.engine import module as module_mod
 from recast_bench.engine.checkpoint import RunLock
 from recast_bench.engine.evaluate import EvalSetup, accuracy
 from recast_bench.errors import UserError
+from recast_bench.perf import smi
 
 
 def _results(out):
@@ -282,12 +283,12 @@ def _fake_nvidia_smi(tmp_path, monkeypatch, body: str):  # noqa: ANN001, ANN202
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    dev._SMI_GPUS.clear()
+    smi._SMI_GPUS.clear()
 
 
 def test_nvidia_smi_gpus_lists_names_and_is_empty_when_absent_or_failing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
-    dev._SMI_GPUS.clear()
+    smi._SMI_GPUS.clear()
     assert dev.nvidia_smi_gpus() == []
     _fake_nvidia_smi(tmp_path, monkeypatch, 'echo "NVIDIA H100 80GB HBM3"; echo "NVIDIA H100 80GB HBM3"')
     assert dev.nvidia_smi_gpus() == ["NVIDIA H100 80GB HBM3"] * 2

@@ -13,8 +13,7 @@ from recast_bench.engine.build import build_method
 from recast_bench.engine.learner import unfreeze_for_task
 from recast_bench.engine.method import RunContext
 from recast_bench.engine.model import TaskModel
-from recast_bench.engine.module import frozen_batchnorms
-from recast_bench.engine.step import TrainStep
+from recast_bench.engine.step import TrainStep, frozen_batchnorms
 from recast_bench.errors import UserError
 from recast_bench.recast.layers import ReparamLinear
 from recast_bench.registry import METHODS, load_all

@@ -41,7 +41,6 @@ import torch
 
 from recast_bench.config import parse_deterministic
 from recast_bench.errors import UserError
-from recast_bench.perf.smi import _SMI_GPUS  # noqa: F401 (nvidia-smi is asked in one place: perf/smi.py)
 from recast_bench.perf.smi import gpu_names as nvidia_smi_gpus
 from recast_bench.slot import RUNS_PER_NODE_ENV  # set by the bench slot launcher (stdlib only, no torch)
 

@@ -16,7 +16,7 @@ from recast_bench.engine.compile import eager
 from recast_bench.engine.faults import failpoint
 from recast_bench.engine.method import Method
 from recast_bench.engine.model import TaskModel
-from recast_bench.engine.step import TrainStep, frozen_batchnorms  # noqa: F401 (frozen_batchnorms: re-exported)
+from recast_bench.engine.step import TrainStep
 from recast_bench.errors import UserError
 
 
